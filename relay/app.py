@@ -1,0 +1,146 @@
+"""The daemon: one nursery that owns the store, the listener and every connection.
+
+``serve`` wires the steps of the data's way together (ingest -> store -> hub
+-> subscribers) and runs them until ``stop`` is set, then shuts down in the
+contract's order: stop accepting, let webhooks in flight finish, close
+websockets with 1001, flush the store, return - all within
+``server.shutdown_grace``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .config import Config
+from .hub import Hub
+from .ingest import Ingest, Route, build_routes
+from .store import Appended, open_store
+
+if TYPE_CHECKING:
+    from .http import Request
+    from .ws import Session
+
+log = logging.getLogger("relay")
+
+# Accept errors that mean "out of resources for now", not "broken listener".
+_TRANSIENT_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hub = Hub()
+        self.store = open_store(config.store, self.hub.publish)
+        self.ingest = Ingest(build_routes(config), self.store)
+        self.stopping = trio.Event()
+        self.idle: set[trio.CancelScope] = set()
+        self.sessions: set[Session] = set()
+        self.frames_sent: dict[str, int] = {"ws": 0, "sse": 0}
+        self.webhooks: Counter[tuple[str, int]] = Counter()
+        self.address: tuple[str, int] = ("", 0)
+
+    # -- seams for auth (static tokens, JWT) -----------------------------
+
+    def authorize(self, request: Request, patterns: list[str]) -> None:
+        """Refuse a subscription before the upgrade; open when no auth is set."""
+
+    def authorize_channel(self, session: Session, pattern: str) -> None:
+        """Refuse a subscribe message for a channel the connection may not read."""
+
+    def refresh(self, session: Session, token: str | None) -> None:
+        session.error("bad_token", "this relay has no JWT key configured; nothing to refresh")
+
+    # -- state -----------------------------------------------------------
+
+    def subscriber_count(self) -> int:
+        return len(self.sessions)
+
+    async def ready(self) -> bool:
+        if self.stopping.is_set():
+            return False
+        with trio.move_on_after(2):
+            return await self.store.ping()
+        return False
+
+    def webhook_done(self, name: str, route: Route | None, status: int, appended: Appended | None,
+                     delivery: str | None, seconds: float) -> None:
+        self.webhooks[(name if route else "", status)] += 1
+        event = appended.event if appended else None
+        fields: dict[str, Any] = {
+            "route": name[:100],
+            "status": status,
+            "channel": event.channel if event else None,
+            "event_id": event.id if event else None,
+            "delivery": delivery,
+            "duration_ms": round(seconds * 1000, 3),
+        }
+        log.log(logging.INFO if status < 500 else logging.WARNING, "webhook", extra={"fields": fields})
+
+    # -- running ---------------------------------------------------------
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        from .http import HttpConnection
+
+        try:
+            await HttpConnection(self, stream).serve()
+        except Exception:
+            # One broken connection must never take the relay down.
+            log.exception("connection failed")
+
+    async def _accept(self, listener: trio.SocketListener, conns: trio.Nursery,
+                      scopes: list[trio.CancelScope]) -> None:
+        scope = trio.CancelScope()
+        scopes.append(scope)
+        with scope:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno in _TRANSIENT_ACCEPT:
+                        log.warning("accept failed: %s; retrying", exc)
+                        await trio.sleep(0.1)
+                        continue
+                    raise
+                conns.start_soon(self._connection, stream)
+        await listener.aclose()
+
+
+async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    app = App(config)
+    host, port = split_listen(config.server.listen)
+    grace = config.server.shutdown_grace
+    async with trio.open_nursery() as root:
+        await root.start(app.store.run)
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()
+        app.address = (bound[0], bound[1])
+        accepting: list[trio.CancelScope] = []
+        async with trio.open_nursery() as conns:
+            for listener in listeners:
+                conns.start_soon(app._accept, listener, conns, accepting)
+            shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            print(f"relay: listening on http://{shown}:{bound[1]}", file=sys.stderr, flush=True)
+            task_status.started(app)
+            await stop.wait()
+            log.info("shutting down", extra={"fields": {"grace_s": grace}})
+            deadline = trio.current_time() + max(0.1, grace - 1.0)
+            for scope in accepting:
+                scope.cancel()
+            app.stopping.set()
+            for scope in list(app.idle):
+                scope.cancel()
+            conns.cancel_scope.deadline = deadline
+        with trio.move_on_after(max(0.5, grace * 0.1)):
+            await app.store.close()
+        root.cancel_scope.cancel()

@@ -1,0 +1,254 @@
+"""The config file: TOML decoded by msgspec into frozen Structs.
+
+Each section is decoded on its own so that one run of ``relay check`` names
+every problem it can find (msgspec stops at the first error of a decode), and
+every message names its key. Cross-field rules (a secret the verify scheme
+needs, an environment variable that is not set, a file that is missing) are
+checked after decoding, all of them, before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .errors import ConfigError
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(gt=0)]
+
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+ROUTE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+SCHEMES = ("none", "hmac-sha256", "github", "stripe", "slack", "shopify", "standard")
+
+
+class _Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class TLSConfig(_Section):
+    cert: str
+    key: str
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:8080"
+    max_body_bytes: PositiveInt = 1_048_576
+    max_connections: PositiveInt = 10_000
+    shutdown_grace: PositiveFloat = 10.0
+    ping_interval: PositiveFloat = 20.0
+    tls: TLSConfig | None = None
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class StoreConfig(_Section):
+    engine: Literal["sqlite", "memory", "redis"] = "sqlite"
+    path: str = "var/relay.db"
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "relay:"
+    retention: PositiveInt = 100_000
+    retention_age: PositiveFloat = 86_400.0
+
+
+class DeliveryConfig(_Section):
+    queue: PositiveInt = 1024
+    slow_consumer: Literal["disconnect", "drop"] = "disconnect"
+
+
+class TokenConfig(_Section):
+    channels: list[str]
+    token_env: str | None = None
+    token: str | None = None
+
+
+class AuthConfig(_Section):
+    tokens: list[TokenConfig] = []
+    jwt_secret_env: str | None = None
+    jwt_public_key: str | None = None
+    origins: list[str] | None = None
+    admin_token_env: str | None = None
+
+
+class RouteConfig(_Section):
+    channel: str = "{route}"
+    verify: Literal["none", "hmac-sha256", "github", "stripe", "slack", "shopify", "standard"] = "none"
+    secret_env: str | None = None
+    secret: str | None = None
+    schema: str | None = None
+    rate: PositiveFloat | None = None
+    burst: PositiveInt | None = None
+    forward_headers: list[str] = []
+    accept: list[Literal["json", "form"]] = msgspec.field(default_factory=lambda: ["json"])
+    signature_header: str | None = None
+    signature_encoding: Literal["hex", "base64"] = "hex"
+    signature_prefix: str = ""
+    dedupe_header: str | None = None
+
+
+class Config(Struct, frozen=True, kw_only=True):
+    server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
+    store: StoreConfig = StoreConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    auth: AuthConfig = AuthConfig()
+    routes: dict[str, RouteConfig] = {}
+    # Filled in by ``load``: secrets read from the environment, by route name.
+    secrets: dict[str, tuple[bytes, ...]] = {}
+
+
+_SECTIONS: dict[str, type[Struct]] = {
+    "server": ServerConfig,
+    "log": LogConfig,
+    "store": StoreConfig,
+    "delivery": DeliveryConfig,
+    "auth": AuthConfig,
+}
+
+
+def _value_at(raw: object, path: str) -> object:
+    node = raw
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        try:
+            node = node[name] if name else node[int(index)]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _where(prefix: str, err: msgspec.ValidationError, raw: object = None) -> tuple[str, str]:
+    """Turn msgspec's "Expected `int`, got `str` - at `$.x`" into (key, why)."""
+    text = str(err)
+    message, sep, path = text.rpartition(" - at `")
+    if not sep:
+        message, path = text, "$"
+    # "$.a[0].b" -> "<prefix>.a[0].b"
+    key = prefix + path.rstrip("`").removeprefix("$")
+    m = re.match(r"Object contains unknown field `([^`]+)`", message)
+    if m:
+        return f"{key}.{m.group(1)}", "unknown key"
+    m = re.match(r"Object missing required field `([^`]+)`", message)
+    if m:
+        return f"{key}.{m.group(1)}", "required key is missing"
+    value = _value_at(raw, path.rstrip("`").removeprefix("$"))
+    return key, f"{value!r}: {message}" if value is not None else message
+
+
+def _check_listen(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        return "expected HOST:PORT"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        return "port must be a number from 0 to 65535"
+    return None
+
+
+def _check_template(template: str) -> str | None:
+    from .route import TemplateError, compile_template
+
+    try:
+        compile_template(template)
+    except TemplateError as exc:
+        return str(exc)
+    return None
+
+
+def parse(text: str, env: dict[str, str] | None = None) -> Config:
+    """Decode and check a config; raises ConfigError listing every problem."""
+    env = dict(os.environ) if env is None else env
+    problems: list[tuple[str, str]] = []
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("(file)", f"not valid TOML: {exc}")]) from None
+
+    parts: dict[str, object] = {}
+    for name, value in raw.items():
+        if name == "routes":
+            continue
+        section = _SECTIONS.get(name)
+        if section is None:
+            problems.append((name, "unknown section"))
+            continue
+        try:
+            parts[name] = msgspec.convert(value, section)
+        except msgspec.ValidationError as exc:
+            problems.append(_where(name, exc, value))
+
+    routes: dict[str, RouteConfig] = {}
+    raw_routes = raw.get("routes", {})
+    if not isinstance(raw_routes, dict):
+        problems.append(("routes", "expected a table of routes"))
+        raw_routes = {}
+    for name, value in raw_routes.items():
+        key = f"routes.{name}"
+        if not ROUTE_RE.match(name):
+            problems.append((key, "route names use letters, digits, '_', '.', '-'"))
+        try:
+            routes[name] = msgspec.convert(value, RouteConfig)
+        except msgspec.ValidationError as exc:
+            problems.append(_where(key, exc, value))
+
+    server: ServerConfig = parts.get("server", ServerConfig())  # type: ignore[assignment]
+    if "server" in parts and (why := _check_listen(server.listen)):
+        problems.append(("server.listen", f"{server.listen!r}: {why}"))
+
+    secrets: dict[str, tuple[bytes, ...]] = {}
+    for name, route in routes.items():
+        key = f"routes.{name}"
+        why = _check_template(route.channel)
+        if why:
+            problems.append((f"{key}.channel", f"{route.channel!r}: {why}"))
+        found: list[bytes] = []
+        if route.secret is not None and route.secret_env is not None:
+            problems.append((f"{key}.secret", "give secret or secret_env, not both"))
+        if route.secret is not None:
+            found.append(route.secret.encode())
+        if route.secret_env is not None:
+            value = env.get(route.secret_env)
+            if not value:
+                problems.append((f"{key}.secret_env", f"environment variable {route.secret_env} is not set"))
+            else:
+                found.append(value.encode())
+        if route.verify != "none" and not found and route.secret_env is None:
+            problems.append((f"{key}.verify", f"{route.verify!r} needs secret or secret_env"))
+        if route.verify == "hmac-sha256" and not route.signature_header:
+            problems.append((f"{key}.signature_header", "verify = 'hmac-sha256' needs the header that carries the signature"))
+        if route.rate is None and route.burst is not None:
+            problems.append((f"{key}.burst", "burst needs rate"))
+        if route.schema is not None and ":" not in route.schema and not os.path.isfile(route.schema):
+            problems.append((f"{key}.schema", f"{route.schema!r}: file not found"))
+        secrets[name] = tuple(found)
+
+    store: StoreConfig = parts.get("store", StoreConfig())  # type: ignore[assignment]
+    if store.engine == "redis" and not store.url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append(("store.url", f"{store.url!r}: expected redis://HOST:PORT/DB"))
+    if server.tls is not None:
+        for field in ("cert", "key"):
+            path = getattr(server.tls, field)
+            if not os.path.isfile(path):
+                problems.append((f"server.tls.{field}", f"{path!r}: file not found"))
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(routes=routes, secrets=secrets, **parts)  # type: ignore[arg-type]
+
+
+def load(path: str, env: dict[str, str] | None = None) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError([("(file)", f"cannot read {path}: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([("(file)", f"{path} is not UTF-8")]) from None
+    return parse(text, env)

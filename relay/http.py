@@ -1,0 +1,269 @@
+"""The one listening port: HTTP/1.1 with keep-alive, driven by h11.
+
+Each connection is a loop of requests. Webhooks go to ``App.ingest``;
+``GET /ws`` is answered with a 101 by h11 itself and the rest of the stream is
+handed to the WebSocket session; ``/healthz`` and ``/readyz`` answer here.
+
+Why h11 plus wsproto's ``Connection`` rather than trio-websocket: the request
+line and headers have already been parsed by h11 when we learn a request is an
+upgrade, and trio-websocket's server handshake insists on reading the request
+itself. Rather than replay bytes into it, h11 sends the 101 and wsproto's
+post-handshake ``Connection`` takes the bytes h11 read past the request
+(``trailing_data``). That keeps one parser per protocol and leaves the send
+path free to write pre-built frames shared by all subscribers, which
+trio-websocket's ``send_message`` (encode per connection, lock, always yield)
+cannot do.
+
+Timeouts map to statuses at this edge: headers must arrive within
+``HEADER_TIMEOUT`` (slowloris), a body within ``BODY_TIMEOUT``; an idle
+keep-alive connection is closed after ``IDLE_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, unquote
+
+import h11
+import trio
+
+from . import envelope
+from .errors import BadRequest, MethodNotAllowed, NotFound, RelayError, TooLarge
+from .errors import RateLimited, Unavailable
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger("relay.http")
+
+MAX_HEADER_BYTES = 16 * 1024
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 30.0
+IDLE_TIMEOUT = 75.0
+RECEIVE = 65536
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
+
+
+def _request(event: h11.Request) -> Request:
+    target = event.target.decode("ascii", "replace")
+    raw_path, _, raw_query = target.partition("?")
+    headers: dict[str, str] = {}
+    for name, value in event.headers:
+        key = name.decode("ascii", "replace")
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return Request(
+        method=event.method.decode("ascii", "replace"),
+        target=target,
+        path=unquote(raw_path),
+        query=parse_qs(raw_query, keep_blank_values=True),
+        headers=headers,
+    )
+
+
+class HttpConnection:
+    """One client connection, from its first request until it closes or upgrades."""
+
+    def __init__(self, app: App, stream: trio.abc.Stream) -> None:
+        self.app = app
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+
+    async def _next_event(self) -> h11.Event:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(RECEIVE)
+                self.conn.receive_data(data)
+                continue
+            return event
+
+    async def send(self, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
+                   content_type: str = "application/json") -> None:
+        hs = [("content-type", content_type), ("content-length", str(len(body)))]
+        if headers:
+            hs.extend(headers)
+        if self.app.stopping.is_set():
+            hs.append(("connection", "close"))
+        data = self.conn.send(h11.Response(status_code=status, headers=hs))
+        data += self.conn.send(h11.Data(data=body)) if body else b""
+        data += self.conn.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+
+    async def send_error(self, error: RelayError) -> None:
+        headers: list[tuple[str, str]] = []
+        if isinstance(error, MethodNotAllowed):
+            headers.append(("allow", error.allow))
+        if isinstance(error, (RateLimited, Unavailable)):
+            headers.append(("retry-after", str(max(1, int(error.retry_after + 0.999)))))
+        body = envelope.encode({"error": error.code, "detail": error.detail})
+        await self.send(error.status, body, headers)
+
+    async def _close(self) -> None:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await self.stream.aclose()
+
+    async def serve(self) -> None:
+        try:
+            await self._serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            if self.conn.our_state is not h11.SWITCHED_PROTOCOL:
+                await self._close()
+
+    async def _read_head(self, wait: float) -> h11.Event | None:
+        """The next request head: ``wait`` for its first byte (idle keep-alive),
+        then HEADER_TIMEOUT for the rest; None when the time ran out."""
+        event = self.conn.next_event()
+        try:
+            if event is h11.NEED_DATA:
+                with trio.fail_after(wait):
+                    self.conn.receive_data(await self.stream.receive_some(RECEIVE))
+                event = self.conn.next_event()
+            with trio.fail_after(HEADER_TIMEOUT):
+                while event is h11.NEED_DATA:
+                    self.conn.receive_data(await self.stream.receive_some(RECEIVE))
+                    event = self.conn.next_event()
+        except trio.TooSlowError:
+            return None
+        return event
+
+    async def _serve(self) -> None:
+        wait = HEADER_TIMEOUT
+        while True:
+            with trio.CancelScope() as idle:
+                # Shutdown cancels connections that wait between requests.
+                self.app.idle.add(idle)
+                try:
+                    if self.app.stopping.is_set():
+                        return
+                    event = await self._read_head(wait)
+                except h11.RemoteProtocolError as exc:
+                    await self._bad_http(exc)
+                    return
+                finally:
+                    self.app.idle.discard(idle)
+            if idle.cancelled_caught or event is None or isinstance(event, h11.ConnectionClosed):
+                return
+            assert isinstance(event, h11.Request), event
+            if await self._dispatch(_request(event)):
+                return  # upgraded: the WebSocket session owned the stream
+            if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is not h11.DONE:
+                return
+            if self.app.stopping.is_set():
+                return
+            self.conn.start_next_cycle()
+            wait = IDLE_TIMEOUT
+
+    async def _bad_http(self, exc: h11.RemoteProtocolError) -> None:
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = envelope.encode({"error": "bad_request", "detail": f"malformed HTTP: {exc}"})
+            status = exc.error_status_hint or 400
+            try:
+                data = self.conn.send(h11.Response(status_code=status, headers=[
+                    ("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")]))
+                data += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
+                await self.stream.send_all(data)
+            except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _read_body(self, limit: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        with trio.fail_after(BODY_TIMEOUT):
+            while True:
+                event = await self._next_event()
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > limit:
+                        raise TooLarge(f"body is over the limit of {limit} bytes")
+                    chunks.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    return b"".join(chunks)
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise BadRequest("connection closed before the body ended")
+
+    async def _dispatch(self, request: Request) -> bool:
+        """Answer one request; True when the connection was upgraded."""
+        path = request.path
+        try:
+            if path.startswith("/hooks/"):
+                await self._webhook(request, path[len("/hooks/"):])
+            elif path == "/ws":
+                return await self._websocket(request)
+            elif path == "/healthz":
+                await self._only_get(request)
+                await self.send(200, b'{"status":"ok"}')
+            elif path == "/readyz":
+                await self._only_get(request)
+                ok = await self.app.ready()
+                await self.send(200 if ok else 503, b'{"status":"ok"}' if ok else b'{"status":"unavailable"}')
+            else:
+                raise NotFound(f"nothing at {path[:200]!r}")
+        except RelayError as error:
+            await self._fail(error)
+        except h11.RemoteProtocolError as exc:
+            await self._bad_http(exc)
+        except trio.TooSlowError:
+            await self._fail(BadRequest("request body timed out"), status=408)
+        return False
+
+    async def _fail(self, error: RelayError, status: int | None = None) -> None:
+        if self.conn.our_state is not h11.SEND_RESPONSE:
+            return
+        if status is not None:
+            error.status = status
+        await self.send_error(error)
+
+    async def _only_get(self, request: Request) -> None:
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"{request.method} is not allowed here", "GET")
+
+    async def _webhook(self, request: Request, name: str) -> None:
+        started = time.perf_counter()
+        received = time.time()
+        monotonic = trio.current_time()
+        app = self.app
+        route = None
+        status = 500
+        appended = None
+        delivery = None
+        try:
+            route = app.ingest.route(name)
+            if request.method != "POST":
+                raise MethodNotAllowed(f"{request.method} is not allowed; webhooks are POSTed", "POST")
+            limit = app.config.server.max_body_bytes
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise TooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
+            body = await self._read_body(limit)
+            appended, delivery = await app.ingest.accept(route, request.headers, body, received, monotonic)
+            status = 200 if appended.duplicate else 202
+            event = appended.event
+            await self.send(status, envelope.encode({"id": event.id, "channel": event.channel, "duplicate": appended.duplicate}))
+        except RelayError as error:
+            status = error.status
+            raise
+        except trio.TooSlowError:
+            status = 408
+            raise
+        finally:
+            app.webhook_done(name, route, status, appended, delivery, time.perf_counter() - started)
+
+    async def _websocket(self, request: Request) -> bool:
+        from .ws import accept_websocket
+
+        return await accept_websocket(self, request)

@@ -1,0 +1,160 @@
+"""From an HTTP request to a stored event: route -> verify -> validate -> channel.
+
+``Route.prepare`` is pure: given the request's headers, body and the time it
+was received, it returns the ``Draft`` to store or raises the ``RelayError``
+the sender gets. The async ``Ingest.accept`` only adds the rate limit and the
+store round trip, so the 202 goes out after the append returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .config import Config, RouteConfig
+from .envelope import Draft
+from .errors import BadJson, Invalid, MediaType, NoRoute, RateLimited
+from .route import Template, compile_template, render
+from .store import Appended, Store
+
+_json_decoder = msgspec.json.Decoder()
+
+
+def media_kind(content_type: str | None) -> str | None:
+    """ "json", "form" or None for a Content-Type header value."""
+    if not content_type:
+        return None
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.endswith("+json") and "/" in media):
+        return "json"
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    return None
+
+
+@dataclass(slots=True)
+class Route:
+    name: str
+    config: RouteConfig
+    template: Template
+    verifier: Any = None  # relay.verify.VerifySpec, when the route verifies
+    validator: Any = None  # relay.schema.Validator, when the route has a schema
+    bucket: Any = None  # relay.ratelimit.TokenBucket, when the route has a rate
+    forward: tuple[tuple[str, str], ...] = ()  # (lower-case name, name as configured)
+    accepted: int = 0
+    rejected: dict[int, int] = field(default_factory=dict)
+
+    def prepare(self, headers: Mapping[str, str], body: bytes, now: float) -> Draft:
+        """Check one webhook and build its draft. ``headers`` are lower-cased."""
+        content_type = headers.get("content-type")
+        kind = media_kind(content_type)
+        if kind is None or kind not in self.config.accept:
+            wanted = " or ".join(
+                {"json": "application/json (or */*+json)", "form": "application/x-www-form-urlencoded"}[a]
+                for a in self.config.accept
+            )
+            raise MediaType(f"Content-Type {content_type or '(missing)'!r} is not accepted here; send {wanted}")
+        delivery = None
+        if self.verifier is not None:
+            from .verify import verify
+
+            delivery = verify(self.verifier, headers, body, now)
+        if self.config.dedupe_header:
+            delivery = headers.get(self.config.dedupe_header.lower()) or delivery
+        payload: Any = None
+        if kind == "json":
+            try:
+                payload = _json_decoder.decode(body)
+            except msgspec.DecodeError as exc:
+                raise BadJson(f"body is not valid UTF-8 JSON: {exc}") from None
+            if self.validator is not None:
+                self.validator.validate(body)
+            data = body
+        else:
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadJson("form body is not valid UTF-8") from None
+            if self.template.needs_json:
+                from urllib.parse import parse_qs
+
+                payload = {k: v[0] for k, v in parse_qs(text).items()}
+            data = msgspec.json.encode(text)
+        channel = render(self.template, self.name, headers, payload)
+        forwarded = {"Content-Type": content_type or ""}
+        for lower, spelled in self.forward:
+            value = headers.get(lower)
+            if value is not None:
+                forwarded[spelled] = value
+        return Draft(
+            channel=channel,
+            route=self.name,
+            ts=int(now * 1000),
+            delivery=delivery,
+            headers=forwarded,
+            data=data,
+            dedupe=f"{self.name}\x00{delivery}" if delivery is not None else None,
+        )
+
+
+def build_routes(config: Config) -> dict[str, Route]:
+    routes: dict[str, Route] = {}
+    for name, rc in config.routes.items():
+        route = Route(
+            name=name,
+            config=rc,
+            template=compile_template(rc.channel),
+            forward=tuple((h.lower(), h) for h in rc.forward_headers),
+        )
+        if rc.verify != "none":
+            from .verify import VerifySpec
+
+            route.verifier = VerifySpec(
+                scheme=rc.verify,
+                secrets=config.secrets.get(name, ()),
+                header=rc.signature_header or "",
+                encoding=rc.signature_encoding,
+                prefix=rc.signature_prefix,
+            )
+        if rc.schema is not None:
+            from .schema import load_schema
+
+            route.validator = load_schema(rc.schema)
+        if rc.rate is not None:
+            from .ratelimit import TokenBucket
+
+            route.bucket = TokenBucket(rc.rate, rc.burst or max(1, int(rc.rate)))
+        routes[name] = route
+    return routes
+
+
+class Ingest:
+    def __init__(self, routes: dict[str, Route], store: Store, clock: Any = time.time) -> None:
+        self.routes = routes
+        self.store = store
+        self.clock = clock
+
+    def route(self, name: str) -> Route:
+        route = self.routes.get(name)
+        if route is None:
+            raise NoRoute(f"no route named {name[:100]!r}; POST to /hooks/<route> for a route in the config")
+        return route
+
+    async def accept(self, route: Route, headers: Mapping[str, str], body: bytes, received: float,
+                     monotonic: float) -> tuple[Appended, str | None]:
+        """Store one webhook; returns the stored (or first) event and its delivery id."""
+        if route.bucket is not None:
+            wait = route.bucket.take(monotonic)
+            if wait > 0:
+                raise RateLimited(f"route {route.name!r} takes {route.config.rate:g} webhooks/s", wait)
+        draft = route.prepare(headers, body, received)
+        draft.received = monotonic
+        (appended,) = await self.store.append([draft])
+        return appended, draft.delivery
+
+
+__all__ = ["Ingest", "Invalid", "Route", "build_routes", "media_kind"]

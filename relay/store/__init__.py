@@ -1,0 +1,29 @@
+"""The event log behind every acknowledgement.
+
+Engines share one shape (``base.Store``): ``append`` takes drafts and returns
+their stored events (or the first event of a duplicate delivery) only once they
+are durable; ``read`` serves resumes; ``publish`` is called with each committed
+batch in log order, so the hub sees events in exactly the store's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config import StoreConfig
+from .base import Appended, Store, StoreUnavailable
+
+
+def open_store(config: StoreConfig, publish: Callable[[list], None]) -> Store:
+    if config.engine == "memory":
+        from .memory import MemoryStore
+
+        return MemoryStore(config, publish)
+    if config.engine == "sqlite":
+        from .sqlite import SqliteStore
+
+        return SqliteStore(config, publish)
+    raise NotImplementedError(f"store.engine = {config.engine!r} is not available yet")
+
+
+__all__ = ["Appended", "Store", "StoreUnavailable", "open_store"]

@@ -1,0 +1,283 @@
+"""The embedded, durable engine: SQLite in WAL mode with group commit.
+
+One writer task owns all writes. Webhooks that arrive while a commit is in
+progress wait in the next batch, and the whole batch becomes one transaction:
+one fsync for many acknowledgements. Every ``append`` returns only after the
+commit of its batch, so a 202 always means "on disk". The stdlib sqlite3 module
+blocks, so every call runs in a worker thread, never on the trio loop; the
+writer and the reader each have their own connection and only one thread uses
+a connection at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+
+import trio
+
+from ..config import StoreConfig
+from ..envelope import Draft, Event, encode_envelope
+from .base import Appended, Store, StoreUnavailable, parse_seq
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    envelope BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS deliveries (
+    key TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    ts INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_ts ON deliveries (ts);
+"""
+
+# Age retention scans an index; once a second is plenty.
+_AGE_SWEEP_MS = 1000
+
+
+def pattern_sql(patterns: Sequence[str]) -> tuple[str, list[object]]:
+    """A WHERE fragment selecting the channels of ``patterns``.
+
+    Prefix patterns become a range (``github.`` <= channel < ``github/``) rather
+    than LIKE, whose ``_`` wildcard would also match ordinary channel names.
+    """
+    if "*" in patterns:
+        return "1", []
+    exact = [p for p in patterns if not p.endswith(".*")]
+    clauses: list[str] = []
+    args: list[object] = []
+    if exact:
+        clauses.append(f"channel IN ({','.join('?' * len(exact))})")
+        args.extend(exact)
+    for p in patterns:
+        if p.endswith(".*"):
+            prefix = p[:-1]
+            clauses.append("(channel >= ? AND channel < ?)")
+            args.extend((prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))
+    return ("(" + " OR ".join(clauses) + ")") if clauses else "0", args
+
+
+class _Batch:
+    __slots__ = ("drafts", "done", "results", "error")
+
+    def __init__(self) -> None:
+        self.drafts: list[Draft] = []
+        self.done = trio.Event()
+        self.results: list[Appended] = []
+        self.error: BaseException | None = None
+
+
+class SqliteStore(Store):
+    def __init__(self, config: StoreConfig, publish: Callable[[list[Event]], None]) -> None:
+        self.config = config
+        self.publish = publish
+        self.path = config.path
+        self._batch = _Batch()
+        self._wake = trio.Event()
+        self._closing = False
+        self._running = False
+        self._stopped = trio.Event()
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = trio.Lock()
+        self._seq = 0
+        self._pruned = 0
+        self._last_sweep = 0
+        self.commits = 0  # transactions committed, for tests and metrics
+
+    # -- state -----------------------------------------------------------
+
+    @property
+    def head(self) -> str:
+        return str(self._seq) if self._seq else ""
+
+    def parse_id(self, event_id: str) -> int:
+        return parse_seq(event_id)
+
+    def lost_after(self, key: object) -> bool:
+        return self._pruned > key  # type: ignore[operator]
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _open(self) -> None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        writer.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk (WAL fsynced) before the 202 goes out.
+        writer.execute("PRAGMA synchronous=FULL")
+        writer.executescript(_SCHEMA)
+        row = writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        self._seq = row[0] if row else 0
+        (oldest,) = writer.execute("SELECT MIN(seq) FROM events").fetchone()
+        self._pruned = oldest - 1 if oldest is not None else self._seq
+        reader = sqlite3.connect(self.path, check_same_thread=False)
+        reader.execute("PRAGMA query_only=ON")
+        self._writer, self._reader = writer, reader
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.to_thread.run_sync(self._open)
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                if not self._batch.drafts:
+                    if self._closing:
+                        break
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    continue
+                batch, self._batch = self._batch, _Batch()
+                try:
+                    fresh = await trio.to_thread.run_sync(self._commit, batch)
+                except sqlite3.Error as exc:
+                    batch.error = StoreUnavailable(f"the event store failed to commit: {exc}")
+                    batch.done.set()
+                    continue
+                if fresh:
+                    self.publish(fresh)
+                batch.done.set()
+        finally:
+            self._running = False
+            self._stopped.set()
+            self._fail_pending()
+            writer, reader = self._writer, self._reader
+            self._writer = self._reader = None
+            with trio.CancelScope(shield=True):
+                for conn in (writer, reader):
+                    if conn is not None:
+                        await trio.to_thread.run_sync(conn.close)
+
+    def _fail_pending(self) -> None:
+        batch = self._batch
+        if batch.drafts and not batch.done.is_set():
+            batch.error = StoreUnavailable("the relay is shutting down")
+            batch.done.set()
+
+    async def close(self) -> None:
+        """Commit what is pending, then let ``run`` end."""
+        self._closing = True
+        self._wake.set()
+        if self._running:
+            await self._stopped.wait()
+
+    # -- writes ----------------------------------------------------------
+
+    def _commit(self, batch: _Batch) -> list[Event]:
+        """Runs in a worker thread: one transaction for the whole batch."""
+        db = self._writer
+        assert db is not None
+        window = self.config.retention_age * 1000
+        seq = self._seq
+        fresh: list[Event] = []
+        rows: list[tuple[int, str, int, bytes]] = []
+        deliveries: list[tuple[str, int, str, int]] = []
+        in_batch: dict[str, Event] = {}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for draft in batch.drafts:
+                key = draft.dedupe
+                if key is not None:
+                    first = in_batch.get(key)
+                    if first is None:
+                        row = db.execute(
+                            "SELECT seq, channel FROM deliveries WHERE key = ? AND ts >= ?",
+                            (key, draft.ts - window),
+                        ).fetchone()
+                        if row is not None:
+                            first = Event(str(row[0]), row[0], row[1], 0, b"")
+                    if first is not None:
+                        batch.results.append(Appended(first, True))
+                        continue
+                seq += 1
+                event_id = str(seq)
+                envelope = encode_envelope(draft, event_id)
+                event = Event(event_id, seq, draft.channel, draft.ts, envelope, draft.received)
+                rows.append((seq, draft.channel, draft.ts, envelope))
+                if key is not None:
+                    in_batch[key] = event
+                    deliveries.append((key, seq, draft.channel, draft.ts))
+                fresh.append(event)
+                batch.results.append(Appended(event, False))
+            db.executemany("INSERT INTO events (seq, channel, ts, envelope) VALUES (?, ?, ?, ?)", rows)
+            if deliveries:
+                db.executemany("INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?)", deliveries)
+            pruned = self._retain(db, seq, fresh[-1].ts if fresh else 0)
+            db.execute("COMMIT")
+        except BaseException:
+            batch.results.clear()
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._seq = seq
+        self._pruned = max(self._pruned, pruned)
+        self.commits += 1
+        return fresh
+
+    def _retain(self, db: sqlite3.Connection, last_seq: int, now_ms: int) -> int:
+        """Drop what retention says, inside the batch's transaction; returns
+        the newest seq dropped so far. The log stays a contiguous suffix."""
+        pruned = self._pruned
+        floor = last_seq - self.config.retention
+        if floor > pruned:
+            db.execute("DELETE FROM events WHERE seq <= ?", (floor,))
+            pruned = floor
+        if now_ms and now_ms - self._last_sweep >= _AGE_SWEEP_MS:
+            self._last_sweep = now_ms
+            cutoff = now_ms - int(self.config.retention_age * 1000)
+            (old,) = db.execute("SELECT MAX(seq) FROM events WHERE ts < ?", (cutoff,)).fetchone()
+            if old is not None and old > pruned:
+                db.execute("DELETE FROM events WHERE seq <= ?", (old,))
+                pruned = old
+            db.execute("DELETE FROM deliveries WHERE ts < ?", (cutoff,))
+        return pruned
+
+    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+        if self._closing or not self._running:
+            raise StoreUnavailable("the event store is not running")
+        batch = self._batch
+        start = len(batch.drafts)
+        batch.drafts.extend(drafts)
+        self._wake.set()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return batch.results[start : start + len(drafts)]
+
+    # -- reads -----------------------------------------------------------
+
+    def _select(self, after: int, patterns: Sequence[str], limit: int) -> list[tuple[int, str, int, bytes]]:
+        assert self._reader is not None
+        where, args = pattern_sql(patterns)
+        return self._reader.execute(
+            f"SELECT seq, channel, ts, envelope FROM events WHERE seq > ? AND {where} ORDER BY seq LIMIT ?",
+            (after, *args, limit),
+        ).fetchall()
+
+    async def read(self, after: object, patterns: Sequence[str], limit: int) -> list[Event]:
+        if self._reader is None:
+            raise StoreUnavailable("the event store is not running")
+        async with self._read_lock:
+            try:
+                rows = await trio.to_thread.run_sync(self._select, after, patterns, limit)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"the event store failed to read: {exc}") from None
+        return [Event(str(seq), seq, channel, ts, bytes(envelope)) for seq, channel, ts, envelope in rows]
+
+    async def ping(self) -> bool:
+        if not self._running or self._reader is None:
+            return False
+        async with self._read_lock:
+            try:
+                await trio.to_thread.run_sync(self._reader.execute, "SELECT 1")
+            except sqlite3.Error:
+                return False
+        return True

@@ -1,0 +1,249 @@
+"""One subscriber's queue and the send path every transport shares.
+
+Built for broadcast. The hub calls ``offer`` for each event, synchronously.
+When nothing is queued for this subscriber and its socket is a plain TCP
+socket, the event's shared frame bytes are written at once with one
+non-blocking ``send`` - no queue, no task switch. Only when the kernel's
+buffer is full (or the stream is TLS) do frames wait in ``pending``; the
+subscriber's writer task then drains everything pending in one write. The
+queue is bounded by ``limit`` events: past it the subscriber is a slow
+consumer and the transport closes it (policy ``disconnect``) or its oldest
+queued events are dropped and a ``gap`` stands in for them (policy ``drop``).
+
+While a resume replays stored events, live events are held back and released
+after the replay, minus those the replay already sent: no gap, no duplicate.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Sequence
+
+import trio
+
+from .envelope import Event
+from .route import matches
+
+# Stored events read per query while replaying.
+_REPLAY_PAGE = 500
+
+
+def raw_fd(stream: trio.abc.Stream) -> int | None:
+    """The socket's fd when writing to it directly is safe (plain TCP)."""
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.fileno()
+    return None
+
+
+class Subscriber:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        transport: str,
+        frame: Callable[[Event], bytes],
+        gap: Callable[[str, str], bytes],
+        limit: int,
+        policy: str = "disconnect",
+        stats: dict[str, int] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.transport = transport
+        self.frame = frame
+        self.gap = gap
+        self.limit = limit
+        self.policy = policy
+        self.fd = raw_fd(stream)
+        self.patterns: set[str] = set()
+        self.pending: list[bytes | memoryview] = []
+        # Parallel to ``pending``: (event id, droppable), or None for control frames.
+        self.pending_ids: list[tuple[str, bool] | None] = []
+        self.queued = 0  # event frames in ``pending``
+        self.delivered_id = ""  # last event handed to the kernel
+        self.dropped = 0
+        self.sending = False
+        self.closed = False
+        self.hold: list[Event] | None = None
+        self.gap_after: str | None = None
+        self.last_id: str | None = None
+        self.frames = 0
+        self.stats = stats
+        self.overflowed = False
+        self.slow = trio.Event()  # queue overflowed under "disconnect"
+        self.gone = trio.Event()  # the peer can no longer be written to
+        self._wake = trio.lowlevel.ParkingLot()
+        self._drained = trio.lowlevel.ParkingLot()
+
+    # -- called by the hub ----------------------------------------------
+
+    def offer(self, event: Event) -> None:
+        if self.closed or self.overflowed:
+            return
+        hold = self.hold
+        if hold is not None:
+            if len(hold) >= self.limit:
+                self._overflow()
+                return
+            hold.append(event)
+            return
+        self._emit(event, counted=True)
+
+    # -- the send path ---------------------------------------------------
+
+    def _emit(self, event: Event, counted: bool) -> None:
+        if counted and self.queued >= self.limit:
+            self._overflow()
+            if self.overflowed:
+                return
+        if self.gap_after is not None:
+            after, self.gap_after = self.gap_after, None
+            self.write(self.gap(after, event.id))
+        self.last_id = event.id
+        self.frames += 1
+        if self.stats is not None:
+            self.stats[self.transport] += 1
+        self.write(self.frame(event), event.id, counted)
+
+    def write(self, data: bytes, event_id: str | None = None, counted: bool = False) -> None:
+        """Send ``data`` after everything already queued, without waiting.
+
+        ``event_id`` names the event a frame carries; ``counted`` frames (live
+        events) count against the limit and may be dropped.
+        """
+        if self.closed:
+            return
+        if not self.pending and not self.sending and self.fd is not None:
+            try:
+                sent = os.write(self.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
+                    self._lost()
+                    return
+                raise
+            if sent == len(data):
+                if event_id is not None:
+                    self.delivered_id = event_id
+                return
+            if sent:
+                # Partly on the wire: the rest must follow, it cannot be dropped.
+                data = memoryview(data)[sent:]
+                counted = False
+        if counted:
+            self.queued += 1
+        self.pending.append(data)
+        self.pending_ids.append((event_id, counted) if event_id is not None else None)
+        self._wake.unpark()
+
+    def _overflow(self) -> None:
+        if self.policy == "drop" and self.hold is None:
+            self._drop_oldest()
+        elif not self.overflowed:
+            self.overflowed = True
+            self.slow.set()
+
+    def _drop_oldest(self) -> None:
+        """Discard the oldest half of the queued events; a gap replaces them."""
+        to_drop = max(1, self.queued // 2)
+        after = self.delivered_id or ""
+        dropped = 0
+        gap_written = False
+        pending: list[bytes | memoryview] = []
+        ids: list[tuple[str, bool] | None] = []
+        for data, tag in zip(self.pending, self.pending_ids):
+            if tag is not None:
+                event_id, droppable = tag
+                if droppable and dropped < to_drop:
+                    dropped += 1
+                    continue
+                if dropped and not gap_written:
+                    pending.append(self.gap(after, event_id))
+                    ids.append(None)
+                    gap_written = True
+                if not dropped:
+                    after = event_id
+            pending.append(data)
+            ids.append(tag)
+        self.pending, self.pending_ids = pending, ids
+        self.queued -= dropped
+        self.dropped += dropped
+        if not gap_written:
+            self.gap_after = after
+
+    def truncate(self) -> None:
+        """Forget queued frames, but finish one that is half on the wire."""
+        keep = [data for data in self.pending[:1] if isinstance(data, memoryview)]
+        self.pending = keep
+        self.pending_ids = [None] * len(keep)
+        self.queued = 0
+
+    def _lost(self) -> None:
+        self.closed = True
+        self.pending.clear()
+        self.pending_ids.clear()
+        self.queued = 0
+        self.gone.set()
+        self._wake.unpark_all()
+        self._drained.unpark_all()
+
+    async def run_writer(self) -> None:
+        """Drain ``pending`` into the stream, many frames per write."""
+        while not self.closed:
+            if not self.pending:
+                await self._wake.park()
+                continue
+            batch, self.pending = self.pending, []
+            ids, self.pending_ids = self.pending_ids, []
+            self.queued = 0
+            for tag in reversed(ids):
+                if tag is not None:
+                    self.delivered_id = tag[0]
+                    break
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            self.sending = True
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._lost()
+                return
+            finally:
+                self.sending = False
+            if not self.pending:
+                self._drained.unpark_all()
+
+    async def drained(self) -> None:
+        """Wait until everything written so far has reached the kernel."""
+        while (self.pending or self.sending) and not self.closed:
+            await self._drained.park()
+
+    # -- resume ----------------------------------------------------------
+
+    async def replay(self, store: object, patterns: Sequence[str], since: str) -> None:
+        """Send stored events after ``since`` on ``patterns``, then release
+        the live events held meanwhile, skipping those already sent.
+
+        The caller has added ``patterns`` to the hub before calling, so every
+        event is either stored before the read or published into ``hold``.
+        """
+        after = store.parse_id(since)  # type: ignore[attr-defined]
+        self.hold = [] if self.hold is None else self.hold
+        try:
+            if store.lost_after(after):  # type: ignore[attr-defined]
+                self.gap_after = since
+            while not self.closed:
+                events = await store.read(after, patterns, _REPLAY_PAGE)  # type: ignore[attr-defined]
+                for event in events:
+                    self._emit(event, counted=False)
+                if events:
+                    after = events[-1].key
+                if len(events) < _REPLAY_PAGE:
+                    break
+                await self.drained()
+        finally:
+            held, self.hold = self.hold, None
+            for event in held:
+                if event.key <= after and any(matches(p, event.channel) for p in patterns):  # type: ignore[operator]
+                    continue
+                if not self.closed:
+                    self._emit(event, counted=True)

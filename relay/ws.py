@@ -1,0 +1,322 @@
+"""WebSocket subscribers: the upgrade, the session, and the client's messages.
+
+h11 has parsed the upgrade request (see ``http.py`` for why); this module
+answers it with a 101 and runs the session on wsproto's post-handshake
+``Connection``, which parses client frames and builds control frames. Event
+frames do not pass through wsproto: they are the shared bytes of
+``Event.ws_frame``, written by the subscriber's send path.
+
+A session's tasks live in one nursery: the reader (client frames, in the
+parent task), the subscriber's writer, the pinger, the control task (subscribe
+and resume, one at a time) and the watchers that close the connection on
+shutdown (1001), slow consumption (1013) or a lost peer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import h11
+import msgspec
+import trio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.utilities import generate_accept_token, split_comma_header
+
+from . import envelope
+from .errors import BadRequest, MethodNotAllowed, Unavailable
+from .route import parse_pattern
+from .subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from .app import App
+    from .http import HttpConnection, Request
+
+log = logging.getLogger("relay.ws")
+
+SUBPROTOCOL = "relay.v1"
+MAX_CLIENT_MESSAGE = 64 * 1024
+CONTROL_BACKLOG = 32  # client requests waiting for the control task
+SLOW_DRAIN = 1.0  # seconds a slow consumer gets to take its close frame
+CLOSE_WAIT = 1.0  # seconds to wait for the client's close reply
+
+
+class ClientMessage(msgspec.Struct):
+    type: str
+    channel: str | None = None
+    since: str | None = None
+    token: str | None = None
+
+
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+def gap_frame(after: str, next_id: str) -> bytes:
+    return envelope.ws_text_frame(envelope.encode({"type": "gap", "after": after, "next": next_id}))
+
+
+def channels_from_query(query: dict[str, list[str]]) -> list[str]:
+    patterns: list[str] = []
+    for value in query.get("channel", []):
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                pattern = parse_pattern(item)
+            except ValueError as exc:
+                raise BadRequest(f"channel: {exc}") from None
+            if pattern not in patterns:
+                patterns.append(pattern)
+    return patterns
+
+
+async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
+    """Answer ``GET /ws``; True once the connection has been upgraded."""
+    app = hc.app
+    if request.method != "GET":
+        raise MethodNotAllowed(f"{request.method} is not allowed; open a WebSocket with GET", "GET")
+    headers = request.headers
+    if "websocket" not in headers.get("upgrade", "").lower() or "upgrade" not in headers.get("connection", "").lower():
+        body = envelope.encode({"error": "upgrade_required", "detail": "GET /ws needs a WebSocket upgrade"})
+        await hc.send(426, body, [("upgrade", "websocket"), ("sec-websocket-version", "13")])
+        return False
+    if headers.get("sec-websocket-version") != "13":
+        body = envelope.encode({"error": "upgrade_required", "detail": "Sec-WebSocket-Version must be 13"})
+        await hc.send(426, body, [("sec-websocket-version", "13")])
+        return False
+    key = headers.get("sec-websocket-key")
+    if not key:
+        raise BadRequest("Sec-WebSocket-Key is missing")
+    patterns = channels_from_query(request.query)
+    since = request.query["since"][-1] if "since" in request.query else None
+    if since is not None:
+        try:
+            app.store.parse_id(since)
+        except ValueError as exc:
+            raise BadRequest(f"since: {exc}") from None
+    offered = split_comma_header([(b"", headers["sec-websocket-protocol"].encode())]) if "sec-websocket-protocol" in headers else []
+    subprotocol = None
+    if offered:
+        if SUBPROTOCOL not in offered:
+            raise BadRequest(f"Sec-WebSocket-Protocol: this relay speaks {SUBPROTOCOL} only")
+        subprotocol = SUBPROTOCOL
+    app.authorize(request, patterns)
+    if app.subscriber_count() >= app.config.server.max_connections:
+        raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
+    response = [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", generate_accept_token(key.encode())),
+    ]
+    if subprotocol:
+        response.append((b"sec-websocket-protocol", subprotocol.encode()))
+    await hc.stream.send_all(hc.conn.send(h11.InformationalResponse(status_code=101, headers=response)))
+    trailing, _closed = hc.conn.trailing_data
+    session = Session(app, hc.stream, trailing)
+    await session.run(patterns, since)
+    return True
+
+
+class Session:
+    def __init__(self, app: App, stream: trio.abc.Stream, trailing: bytes) -> None:
+        self.app = app
+        self.stream = stream
+        self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
+        config = app.config
+        self.sub = Subscriber(
+            stream,
+            "ws",
+            frame=lambda event: event.ws_frame,
+            gap=gap_frame,
+            limit=config.delivery.queue,
+            policy=config.delivery.slow_consumer,
+            stats=app.frames_sent,
+        )
+        self.unanswered_pings = 0
+        self.closing = False
+        self.close_code: int | None = None
+        self._control_send, self._control_recv = trio.open_memory_channel[tuple[str, str, str | None]](CONTROL_BACKLOG)
+
+    def send_json(self, obj: object) -> None:
+        self.sub.write(envelope.ws_text_frame(envelope.encode(obj)))
+
+    def error(self, code: str, detail: str) -> None:
+        self.send_json({"type": "error", "error": code, "detail": detail})
+
+    async def run(self, patterns: list[str], since: str | None) -> None:
+        app, sub = self.app, self.sub
+        app.sessions.add(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(sub.run_writer)
+                nursery.start_soon(self._pinger)
+                nursery.start_soon(self._control)
+                nursery.start_soon(self._close_on, app.stopping, 1001, "server shutting down")
+                nursery.start_soon(self._close_on, sub.slow, 1013, "slow consumer")
+                nursery.start_soon(self._cancel_on, sub.gone)
+                # Everything from here to the welcome is synchronous: the
+                # head id in the welcome is exactly where live delivery starts.
+                for pattern in patterns:
+                    app.hub.add(sub, pattern)
+                    sub.patterns.add(pattern)
+                if since is not None and patterns:
+                    sub.hold = []
+                self.send_json({"type": "welcome", "id": app.store.head, "channels": patterns})
+                if since is not None and patterns:
+                    self._control_send.send_nowait(("resume", ",".join(patterns), since))
+                await self._reader()
+                nursery.cancel_scope.cancel()
+        finally:
+            app.hub.remove(sub, sub.patterns)
+            sub.closed = True
+            app.sessions.discard(self)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+
+    # -- client frames ---------------------------------------------------
+
+    async def _reader(self) -> None:
+        parts: list[str] = []
+        size = 0
+        while True:
+            try:
+                data = await self.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, Message):
+                    size += len(event.data)
+                    if size > MAX_CLIENT_MESSAGE:
+                        await self.close(1009, "message too big", wait_reply=False)
+                        return
+                    if isinstance(event, TextMessage):
+                        parts.append(event.data)
+                    if event.message_finished:
+                        if isinstance(event, BytesMessage):
+                            self.error("bad_message", "send JSON text messages")
+                        else:
+                            self._on_message("".join(parts))
+                        parts, size = [], 0
+                elif isinstance(event, Ping):
+                    self.sub.write(self.ws.send(event.response()))
+                elif isinstance(event, Pong):
+                    self.unanswered_pings = 0
+                elif isinstance(event, CloseConnection):
+                    if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                        # The client closes: echo its close, flush, done.
+                        self.sub.write(self.ws.send(event.response()))
+                        with trio.move_on_after(CLOSE_WAIT):
+                            await self.sub.drained()
+                    elif self.ws.state is ConnectionState.OPEN:
+                        # wsproto could not parse the client's frames.
+                        await self.close(event.code, event.reason or "protocol error", wait_reply=False)
+                    return
+
+    def _on_message(self, text: str) -> None:
+        try:
+            message = _client_decoder.decode(text)
+        except msgspec.DecodeError as exc:
+            self.error("bad_message", f"not a client message: {exc}")
+            return
+        if message.type in ("subscribe", "unsubscribe"):
+            if not message.channel:
+                self.error("bad_message", f"{message.type} needs a channel")
+                return
+            try:
+                self._control_send.send_nowait((message.type, message.channel, message.since))
+            except trio.WouldBlock:
+                # A client that floods requests faster than they can be served.
+                self.nursery.start_soon(self.close, 1008, "too many requests", False)
+        elif message.type == "refresh":
+            self.app.refresh(self, message.token)
+        else:
+            self.error("bad_message", f"unknown message type {message.type[:40]!r}")
+
+    # -- subscriptions ---------------------------------------------------
+
+    async def _control(self) -> None:
+        app, sub = self.app, self.sub
+        async for kind, channel, since in self._control_recv:
+            if kind == "resume":
+                await sub.replay(app.store, channel.split(","), since or "")
+                continue
+            try:
+                pattern = parse_pattern(channel)
+            except ValueError as exc:
+                self.error("bad_channel", str(exc))
+                continue
+            if kind == "unsubscribe":
+                if pattern in sub.patterns:
+                    sub.patterns.discard(pattern)
+                    app.hub.discard(sub, pattern)
+                self.send_json({"type": "unsubscribed", "channel": pattern})
+                continue
+            if since is not None:
+                try:
+                    app.store.parse_id(since)
+                except ValueError as exc:
+                    self.error("bad_since", str(exc))
+                    continue
+            try:
+                app.authorize_channel(self, pattern)
+            except Exception as exc:  # noqa: BLE001 - a refusal is an answer, not a crash
+                self.error(getattr(exc, "code", "forbidden"), str(exc))
+                continue
+            fresh = pattern not in sub.patterns
+            if fresh:
+                app.hub.add(sub, pattern)
+                sub.patterns.add(pattern)
+            if since is not None:
+                sub.hold = [] if sub.hold is None else sub.hold
+            self.send_json({"type": "subscribed", "channel": pattern, "id": app.store.head})
+            if since is not None:
+                await sub.replay(app.store, [pattern], since)
+
+    # -- liveness and closing -------------------------------------------
+
+    async def _pinger(self) -> None:
+        interval = self.app.config.server.ping_interval
+        while True:
+            await trio.sleep(interval)
+            if self.unanswered_pings >= 2:
+                log.info("closing a websocket that missed two pings")
+                await self.close(1011, "missed pings")
+                return
+            self.unanswered_pings += 1
+            if self.ws.state is ConnectionState.OPEN:
+                self.sub.write(self.ws.send(Ping(payload=b"relay")))
+
+    async def _close_on(self, event: trio.Event, code: int, reason: str) -> None:
+        await event.wait()
+        await self.close(code, reason)
+
+    async def _cancel_on(self, event: trio.Event) -> None:
+        await event.wait()
+        self.nursery.cancel_scope.cancel()
+
+    async def close(self, code: int, reason: str, wait_reply: bool = True) -> None:
+        """Send a close frame, give the client a moment, then end the session."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        sub = self.sub
+        if self.ws.state is ConnectionState.OPEN:
+            frame = self.ws.send(CloseConnection(code=code, reason=reason))
+            if code == 1013:
+                # Queued events will come back by resume; only the close frame
+                # (after any half-written frame) still has to get through.
+                sub.truncate()
+            sub.write(frame)
+        with trio.move_on_after(SLOW_DRAIN if code == 1013 else CLOSE_WAIT):
+            await sub.drained()
+            if wait_reply and code != 1013:
+                # Wait for the client's close reply (the reader returns on it).
+                await trio.sleep_forever()
+        self.nursery.cancel_scope.cancel()
