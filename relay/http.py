@@ -44,6 +44,9 @@ HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 30.0
 IDLE_TIMEOUT = 75.0
 RECEIVE = 65536
+UNREAD_BODY_LIMIT = 65536
+LINGER = 2.0  # seconds, and bytes, a refused client's unread input is drained
+LINGER_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -111,8 +114,23 @@ class HttpConnection:
         await self.send(error.status, body, headers)
 
     async def _close(self) -> None:
-        with trio.move_on_after(1) as scope:
+        with trio.move_on_after(LINGER) as scope:
             scope.shield = True
+            if self.conn.their_state in (h11.SEND_BODY, h11.ERROR) and self.conn.our_state in (h11.DONE, h11.MUST_CLOSE):
+                # We answered (413, 400) before reading all the client sent.
+                # Closing with unread bytes makes the kernel reset the
+                # connection, and the client may never see our answer: shut
+                # our side, then read and discard a bounded amount first.
+                try:
+                    await self.stream.send_eof()  # type: ignore[attr-defined]
+                    drained = 0
+                    while drained < LINGER_BYTES:
+                        data = await self.stream.receive_some(RECEIVE)
+                        if not data:
+                            break
+                        drained += len(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
+                    pass
             await self.stream.aclose()
 
     async def serve(self) -> None:
@@ -161,6 +179,13 @@ class HttpConnection:
             assert isinstance(event, h11.Request), event
             if await self._dispatch(_request(event)):
                 return  # upgraded: the WebSocket session owned the stream
+            if self.conn.their_state is h11.SEND_BODY and self.conn.our_state is h11.DONE:
+                # A request we answered without needing its body (a GET,
+                # usually empty): read past it so the connection can be reused.
+                try:
+                    await self._read_body(UNREAD_BODY_LIMIT)
+                except (RelayError, trio.TooSlowError):
+                    return
             if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is not h11.DONE:
                 return
             if self.app.stopping.is_set():

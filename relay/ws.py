@@ -22,7 +22,7 @@ import msgspec
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
-from wsproto.utilities import generate_accept_token, split_comma_header
+from wsproto.utilities import generate_accept_token
 
 from . import envelope
 from .errors import BadRequest, MethodNotAllowed, Unavailable
@@ -96,7 +96,7 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
             app.store.parse_id(since)
         except ValueError as exc:
             raise BadRequest(f"since: {exc}") from None
-    offered = split_comma_header([(b"", headers["sec-websocket-protocol"].encode())]) if "sec-websocket-protocol" in headers else []
+    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     subprotocol = None
     if offered:
         if SUBPROTOCOL not in offered:

@@ -1,0 +1,160 @@
+"""The peer baseline: an idiomatic aiohttp relay, the "twenty-line script".
+
+It serves the relay's two hot routes with the same observable behaviour, so
+the load clients cannot tell the two apart:
+
+- ``POST /hooks/{route}``: the body must be JSON (stdlib ``json``, as a script
+  would); the event is appended to an in-memory list and the answer is 202
+  ``{"id", "channel", "duplicate"}``. The channel is the route's name.
+- ``GET /ws?channel=NAME[&since=ID]``: a welcome frame
+  ``{"type":"welcome","id":HEAD,"channels":[...]}``, the stored events after
+  ``since`` if given, then one text frame per live event, carrying the
+  envelope the relay sends (same keys, same order, ``data`` verbatim).
+
+What makes it idiomatic rather than naive: the envelope of an event is encoded
+once and shared by every subscriber; each subscriber has a bounded
+``asyncio.Queue`` (1024 events, as the relay's default) drained by its own
+writer task with ``send_str``; a full queue closes the subscriber with 1013
+(the relay's ``disconnect`` policy).
+
+Run it on its own: ``python benchmarks/baseline_aiohttp.py --port 0`` prints
+``baseline: listening on http://127.0.0.1:PORT`` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+QUEUE = 1024
+
+
+class Subscriber:
+    __slots__ = ("ws", "queue", "writer")
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE)
+        self.writer: asyncio.Task[None] | None = None
+
+
+class Relay:
+    def __init__(self) -> None:
+        self.events: list[tuple[int, str, str]] = []  # (seq, channel, envelope text)
+        self.subscribers: dict[str, set[Subscriber]] = {}
+        self.closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def head(self) -> str:
+        return str(self.events[-1][0]) if self.events else ""
+
+    async def hook(self, request: web.Request) -> web.Response:
+        route = request.match_info["route"]
+        if request.content_type != "application/json":
+            return web.json_response({"error": "media_type", "detail": "send application/json"}, status=415)
+        body = await request.read()
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            return web.json_response({"error": "bad_json", "detail": str(exc)}, status=400)
+        seq = len(self.events) + 1
+        event_id = str(seq)
+        channel = route
+        head = json.dumps(
+            {
+                "type": "event",
+                "id": event_id,
+                "channel": channel,
+                "route": route,
+                "ts": int(time.time() * 1000),
+                "delivery": None,
+                "headers": {"Content-Type": request.headers.get("Content-Type", "")},
+            },
+            separators=(",", ":"),
+        )
+        # ``data`` is the body verbatim: splice it in rather than re-encode it.
+        text = head[:-1] + ',"data":' + body.decode() + "}"
+        self.events.append((seq, channel, text))
+        for sub in list(self.subscribers.get(channel, ())):
+            try:
+                sub.queue.put_nowait(text)
+            except asyncio.QueueFull:
+                self.slow(sub)
+        return web.json_response({"id": event_id, "channel": channel, "duplicate": False}, status=202)
+
+    def slow(self, sub: Subscriber) -> None:
+        """A full queue: drop the subscriber with 1013, as the relay's "disconnect"."""
+        for subs in self.subscribers.values():
+            subs.discard(sub)
+        if sub.writer is not None:
+            sub.writer.cancel()
+        task = asyncio.create_task(sub.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"slow consumer"))
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        channels = [c for v in request.query.getall("channel", []) for c in v.split(",") if c]
+        since = request.query.get("since")
+        ws = web.WebSocketResponse(protocols=("relay.v1",), heartbeat=20.0)
+        await ws.prepare(request)
+        sub = Subscriber(ws)
+        await ws.send_str(json.dumps({"type": "welcome", "id": self.head, "channels": channels}))
+        if since is not None:
+            after = int(since or 0)
+            for seq, channel, text in list(self.events):
+                if seq > after and channel in channels:
+                    sub.queue.put_nowait(text)
+        for channel in channels:
+            self.subscribers.setdefault(channel, set()).add(sub)
+        sub.writer = asyncio.create_task(self.write(sub))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            sub.writer.cancel()
+            for channel in channels:
+                self.subscribers.get(channel, set()).discard(sub)
+        return ws
+
+    async def write(self, sub: Subscriber) -> None:
+        while True:
+            text = await sub.queue.get()
+            await sub.ws.send_str(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081, help="0: let the OS pick, print it")
+    args = parser.parse_args()
+    relay = Relay()
+    app = web.Application(client_max_size=1024 * 1024)
+    app.router.add_post("/hooks/{route}", relay.hook)
+    app.router.add_get("/ws", relay.websocket)
+
+    async def run() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, args.host, args.port, backlog=4096)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        print(f"baseline: listening on http://{args.host}:{port}", file=sys.stderr, flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Fixtures that run real relays: in this process (fast, memory store) or as a
+``relay serve`` subprocess (the daemon as a user runs it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from relay.app import App, serve
+from relay.config import parse
+
+LISTENING = re.compile(rb"listening on (https?)://([^\s:]+|\[[^\]]+\]):(\d+)")
+
+
+def config_text(extra: str = "", *, store: str = 'engine = "memory"') -> str:
+    """A config on port 0 with a few routes; ``extra`` is appended."""
+    base = f"""
+    [server]
+    listen = "127.0.0.1:0"
+    shutdown_grace = 5.0
+
+    [store]
+    {store}
+
+    [routes.demo]
+    channel = "demo"
+
+    [routes.gh]
+    channel = "github.{{header:X-GitHub-Event}}"
+    forward_headers = ["X-GitHub-Event", "X-GitHub-Delivery"]
+
+    [routes.pay]
+    channel = "pay.{{json:type}}"
+
+    [routes.signed]
+    channel = "{{route}}"
+    verify = "hmac-sha256"
+    secret = "s3cret"
+    signature_header = "X-Signature"
+    signature_prefix = "sha256="
+    """
+    return textwrap.dedent(base) + textwrap.dedent(extra)
+
+
+class InProcess:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        host, port = app.address
+        self.base = f"http://{host}:{port}"
+        self.ws_base = f"ws://{host}:{port}"
+        self.port = port
+
+
+@asynccontextmanager
+async def running_relay(text: str | None = None, env: dict[str, str] | None = None):
+    """Run ``serve`` in the test's nursery; stop it gracefully on exit."""
+    config = parse(text if text is not None else config_text(), env=env or {})
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        app = await nursery.start(serve, config, stop)
+        try:
+            yield InProcess(app)
+        finally:
+            stop.set()
+
+
+@pytest.fixture
+async def relay():
+    async with running_relay() as r:
+        yield r
+
+
+@pytest.fixture
+async def http():
+    async with httpx.AsyncClient(timeout=10) as client:
+        yield client
+
+
+class Daemon:
+    """A ``relay serve`` subprocess."""
+
+    def __init__(self, config_path: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.cwd = cwd
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr = b""
+        self.base = ""
+        self.ws_base = ""
+
+    def start(self, timeout: float = 20.0) -> Daemon:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", "-c", str(self.config_path)],
+            cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        os.set_blocking(self.proc.stderr.fileno(), True)
+        buf = b""
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 0.1)
+            if ready:
+                chunk = os.read(self.proc.stderr.fileno(), 4096)
+                if not chunk:
+                    break
+                buf += chunk
+                m = LISTENING.search(buf)
+                if m:
+                    scheme, host, port = m.group(1).decode(), m.group(2).decode(), m.group(3).decode()
+                    self.base = f"{scheme}://{host}:{port}"
+                    self.ws_base = f"{'wss' if scheme == 'https' else 'ws'}://{host}:{port}"
+                    self.stderr = buf
+                    return self
+            elif self.proc.poll() is not None:
+                break
+        self.stderr = buf
+        self.kill()
+        raise AssertionError(f"relay did not start: {buf.decode(errors='replace')}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None and self.proc.stderr is not None
+        rest, _ = self.proc.communicate(timeout=timeout)
+        self.stderr += rest or b""
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        if self.proc is not None and self.proc.stderr is not None and not self.proc.stderr.closed:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """Factory: daemon(config_text) -> started Daemon, killed at teardown."""
+    started: list[Daemon] = []
+
+    def make(text: str, env: dict[str, str] | None = None, start: bool = True) -> Daemon:
+        path = tmp_path / "relay.toml"
+        path.write_text(text)
+        d = Daemon(path, tmp_path, env)
+        started.append(d)
+        return d.start() if start else d
+
+    yield make
+    for d in started:
+        d.kill()

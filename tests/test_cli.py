@@ -1,0 +1,89 @@
+"""``relay check`` and the config: every problem named by its key, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.config import ConfigError, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check(path: Path | str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "relay", "check", "-c", str(path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=30, env={**os.environ, **(env or {})})
+
+
+def test_the_shipped_default_config_passes_check():
+    done = check(ROOT / "config" / "relay.toml")
+    assert done.returncode == 0, done.stderr
+
+
+def test_check_names_every_problem_with_its_key_and_exits_2(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[server]\nlisten = "nowhere"\n'
+        '[store]\nretention = "many"\n'
+        '[routes.a]\nverify = "hmac-sha256"\nsecret_env = "RELAY_TEST_UNSET_SECRET"\n'
+        '[routes.b]\nchanel = "typo"\n'
+        '[routes.c]\nchannel = "x.{header}"\n'
+        '[sever]\n'
+    )
+    done = check(path)
+    assert done.returncode == 2
+    err = done.stderr
+    for key in ("server.listen", "store.retention", "routes.a.secret_env", "routes.a.signature_header",
+                "routes.b.chanel", "routes.c.channel", "sever"):
+        assert key in err, (key, err)
+    assert "'many'" in err  # the value is named too
+    assert "RELAY_TEST_UNSET_SECRET" in err
+
+
+def test_a_secret_from_the_environment_is_accepted(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text('[routes.a]\nverify = "hmac-sha256"\nsecret_env = "RELAY_TEST_SECRET"\nsignature_header = "X-Sig"\n')
+    assert check(path, {"RELAY_TEST_SECRET": "x"}).returncode == 0
+    assert check(path).returncode == 2
+
+
+def test_a_missing_config_file_exits_2(tmp_path):
+    done = check(tmp_path / "absent.toml")
+    assert done.returncode == 2
+    assert "cannot read" in done.stderr
+
+
+def test_unknown_arguments_exit_2():
+    done = subprocess.run([sys.executable, "-m", "relay", "serve", "--bogus"], capture_output=True, cwd=ROOT, timeout=30)
+    assert done.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes"),
+        ("[log]\nformat = \"xml\"\n", "log.format"),
+        ("[delivery]\nslow_consumer = \"explode\"\n", "delivery.slow_consumer"),
+        ("[store]\nengine = \"redis\"\nurl = \"http://x\"\n", "store.url"),
+        ("[routes.a]\nverify = \"github\"\n", "routes.a.verify"),
+        ("[routes.a]\nschema = \"missing.json\"\n", "routes.a.schema"),
+        ("[routes.a]\nburst = 5\n", "routes.a.burst"),
+        ("[routes.\"a b\"]\n", "routes.a b"),
+        ("[server.tls]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n", "server.tls.cert"),
+        ("routes = 3\n", "routes"),
+    ],
+)
+def test_each_bad_value_is_refused_with_its_key(text, key):
+    with pytest.raises(ConfigError) as info:
+        parse(text, env={})
+    assert key in [k for k, _ in info.value.problems], info.value.problems
+
+
+def test_not_toml_is_a_config_error():
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse("[server\n", env={})

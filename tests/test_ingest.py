@@ -1,0 +1,191 @@
+"""``POST /hooks/{route}``: the contract's status table, as a sender sees it."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from conftest import config_text, running_relay
+
+
+async def post(http, relay, route, body=b'{"a":1}', content_type="application/json", **headers):
+    hs = {"Content-Type": content_type, **{k.replace("_", "-"): v for k, v in headers.items()}}
+    if content_type is None:
+        del hs["Content-Type"]
+    return await http.post(f"{relay.base}/hooks/{route}", content=body, headers=hs)
+
+
+async def raw_exchange(port: int, data: bytes, read_until_close: bool = True) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        out = b""
+        with trio.fail_after(15):
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return out
+                out += chunk
+                if not read_until_close and b"\r\n\r\n" in out:
+                    return out
+
+
+async def test_accepted_webhooks_get_202_with_id_and_channel(relay, http):
+    r = await post(http, relay, "demo")
+    assert r.status_code == 202
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body == {"id": body["id"], "channel": "demo", "duplicate": False}
+
+
+@pytest.mark.parametrize(
+    ("route", "kwargs", "status", "code"),
+    [
+        ("nope", {}, 404, "no_route"),
+        ("demo", {"body": b'{"a":'}, 400, "bad_json"),
+        ("demo", {"body": b'{"a":"\xff"}'}, 400, "bad_json"),
+        ("demo", {"content_type": "text/plain"}, 415, "media_type"),
+        ("demo", {"content_type": None}, 415, "media_type"),
+        ("demo", {"content_type": "application/x-www-form-urlencoded", "body": b"a=1"}, 415, "media_type"),
+        ("gh", {}, 422, "invalid"),
+        ("pay", {"body": b'{"kind":"x"}'}, 422, "invalid"),
+        ("pay", {"body": b'{"type":{"nested":1}}'}, 422, "invalid"),
+        ("pay", {"body": b'{"type":"has space"}'}, 422, "invalid"),
+        ("signed", {}, 401, "bad_signature"),
+        ("signed", {"X_Signature": "sha256=" + "0" * 64}, 401, "bad_signature"),
+    ],
+)
+async def test_each_refusal_has_its_status_and_error_code(relay, http, route, kwargs, status, code):
+    r = await post(http, relay, route, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"] == code
+    assert r.json()["detail"]
+    assert relay.app.store.head == ""  # nothing refused is ever stored
+
+
+async def test_refusals_name_what_is_wrong(relay, http):
+    r = await post(http, relay, "gh")
+    assert "X-GitHub-Event".lower() in r.json()["detail"].lower()
+    r = await post(http, relay, "pay", body=b'{"kind":"x"}')
+    assert "$.type" in r.json()["detail"]
+
+
+async def test_media_types_with_parameters_and_plus_json_are_json(relay, http):
+    for ct in ("application/json; charset=utf-8", "application/vnd.github+json", "APPLICATION/JSON"):
+        assert (await post(http, relay, "demo", content_type=ct)).status_code == 202, ct
+
+
+async def test_a_correct_hmac_signature_is_accepted(relay, http):
+    body = b'{"order":42}'
+    sig = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    r = await post(http, relay, "signed", body=body, X_Signature=sig)
+    assert r.status_code == 202, r.text
+    assert r.json()["channel"] == "signed"
+
+
+async def test_wrong_method_is_405_with_allow_post(relay, http):
+    r = await http.get(f"{relay.base}/hooks/demo")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
+    assert r.json()["error"] == "method"
+
+
+async def test_channels_come_from_headers_and_payload_fields(relay, http):
+    r = await post(http, relay, "gh", X_GitHub_Event="push")
+    assert r.json()["channel"] == "github.push"
+    r = await post(http, relay, "pay", body=b'{"type":"charge.succeeded"}')
+    assert r.json()["channel"] == "pay.charge.succeeded"
+
+
+async def test_an_oversized_body_is_refused_from_content_length_without_sending_it(relay):
+    limit = relay.app.config.server.max_body_bytes
+    head = (f"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {limit + 1}\r\n\r\n").encode()
+    # Only the head is sent: the 413 must come without the body ever arriving.
+    out = await raw_exchange(relay.port, head, read_until_close=False)
+    assert out.startswith(b"HTTP/1.1 413 ")
+    assert b'"too_large"' in out or b"too_large" in await raw_exchange(relay.port, head)
+
+
+async def test_an_oversized_chunked_body_is_refused(relay):
+    limit = relay.app.config.server.max_body_bytes
+    chunk = b"x" * 65536
+    data = b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    data += (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * (limit // len(chunk) + 2) + b"0\r\n\r\n"
+    out = await raw_exchange(relay.port, data)
+    assert out.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_keep_alive_serves_many_webhooks_on_one_connection(relay):
+    one = b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
+    stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+    async with stream:
+        await stream.send_all(one * 3)  # pipelined
+        out = b""
+        with trio.fail_after(10):
+            while out.count(b"HTTP/1.1 202") < 3:
+                out += await stream.receive_some(65536)
+    assert relay.app.store.head == "3"
+
+
+async def test_malformed_http_gets_400_and_a_closed_connection(relay, http):
+    out = await raw_exchange(relay.port, b"THIS IS NOT HTTP\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ")
+    # ...and nothing else is affected.
+    assert (await post(http, relay, "demo")).status_code == 202
+
+
+async def test_huge_headers_are_refused_and_closed(relay):
+    out = await raw_exchange(relay.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 431 ") or out.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_a_body_shorter_than_content_length_does_not_get_stored(relay, http):
+    data = b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"a\":1}"
+    stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+    await stream.send_all(data)
+    await stream.aclose()  # the client goes away mid-body
+    assert (await post(http, relay, "demo")).status_code == 202
+    assert relay.app.store.head == "1"
+
+
+async def test_slowloris_connections_are_closed_after_the_header_timeout(autojump_clock):
+    async with running_relay() as relay:
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+        await stream.send_all(b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\n")  # ...and never finishes
+        with trio.fail_after(60):
+            rest = await stream.receive_some(1024)
+        assert rest == b""  # the server hung up
+        await stream.aclose()
+
+
+async def test_health_and_readiness(relay, http):
+    assert (await http.get(f"{relay.base}/healthz")).json() == {"status": "ok"}
+    assert (await http.get(f"{relay.base}/readyz")).status_code == 200
+    assert (await http.get(f"{relay.base}/nothing-here")).status_code == 404
+
+
+async def test_a_store_that_cannot_commit_answers_503_with_retry_after(relay, http):
+    await relay.app.store.close()
+    r = await post(http, relay, "demo")
+    assert r.status_code == 503
+    assert r.json()["error"] == "unavailable"
+    assert int(r.headers["retry-after"]) >= 1
+    assert (await http.get(f"{relay.base}/readyz")).status_code == 503
+
+
+async def test_a_form_body_is_carried_as_a_json_string_where_the_route_accepts_forms(http):
+    extra = '[routes.slash]\nchannel = "slash"\naccept = ["json", "form"]\n'
+    async with running_relay(config_text(extra)) as relay:
+        async with open_websocket_url(f"{relay.ws_base}/ws?channel=slash") as ws:
+            await ws.get_message()
+            body = b"command=%2Fdeploy&text=now+please"
+            r = await post(http, relay, "slash", body=body, content_type="application/x-www-form-urlencoded")
+            assert r.status_code == 202, r.text
+            event = json.loads(await ws.get_message())
+            assert event["data"] == body.decode()
