@@ -82,17 +82,26 @@ class AuthConfig(_Section):
 class RouteConfig(_Section):
     channel: str = "{route}"
     verify: Literal["none", "hmac-sha256", "github", "stripe", "slack", "shopify", "standard"] = "none"
-    secret_env: str | None = None
-    secret: str | None = None
+    # One secret, or several while a sender rotates them (any may match).
+    secret_env: str | list[str] | None = None
+    secret: str | list[str] | None = None
     schema: str | None = None
     rate: PositiveFloat | None = None
     burst: PositiveInt | None = None
     forward_headers: list[str] = []
-    accept: list[Literal["json", "form"]] = msgspec.field(default_factory=lambda: ["json"])
+    # Default: ["json"], and ["json", "form"] for the slack preset (slash
+    # commands and interactivity post forms); see ``accepted``.
+    accept: list[Literal["json", "form"]] | None = None
     signature_header: str | None = None
     signature_encoding: Literal["hex", "base64"] = "hex"
     signature_prefix: str = ""
     dedupe_header: str | None = None
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        if self.accept is not None:
+            return tuple(self.accept)
+        return ("json", "form") if self.verify == "slack" else ("json",)
 
 
 class Config(Struct, frozen=True, kw_only=True):
@@ -141,6 +150,22 @@ def _where(prefix: str, err: msgspec.ValidationError, raw: object = None) -> tup
         return f"{key}.{m.group(1)}", "required key is missing"
     value = _value_at(raw, path.rstrip("`").removeprefix("$"))
     return key, f"{value!r}: {message}" if value is not None else message
+
+
+def _listed(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _standard_secret_ok(secret: bytes) -> bool:
+    import base64
+    import binascii
+
+    try:
+        return bool(base64.b64decode(secret.removeprefix(b"whsec_"), validate=True))
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _check_listen(value: str) -> str | None:
@@ -211,14 +236,21 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         found: list[bytes] = []
         if route.secret is not None and route.secret_env is not None:
             problems.append((f"{key}.secret", "give secret or secret_env, not both"))
-        if route.secret is not None:
-            found.append(route.secret.encode())
-        if route.secret_env is not None:
-            value = env.get(route.secret_env)
+        for value in _listed(route.secret):
             if not value:
-                problems.append((f"{key}.secret_env", f"environment variable {route.secret_env} is not set"))
+                problems.append((f"{key}.secret", "a secret cannot be empty"))
+            found.append(value.encode())
+        for var in _listed(route.secret_env):
+            value = env.get(var)
+            if not value:
+                problems.append((f"{key}.secret_env", f"environment variable {var} is not set"))
             else:
                 found.append(value.encode())
+        if route.verify == "standard":
+            for secret in found:
+                if not _standard_secret_ok(secret):
+                    problems.append((f"{key}.secret", "a Standard Webhooks secret is whsec_ followed by base64"))
+                    break
         if route.verify != "none" and not found and route.secret_env is None:
             problems.append((f"{key}.verify", f"{route.verify!r} needs secret or secret_env"))
         if route.verify == "hmac-sha256" and not route.signature_header:

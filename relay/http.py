@@ -33,6 +33,7 @@ import trio
 from . import envelope
 from .errors import BadRequest, MethodNotAllowed, NotFound, RelayError, TooLarge
 from .errors import RateLimited, Unavailable
+from .ingest import Challenge
 
 if TYPE_CHECKING:
     from .app import App
@@ -276,6 +277,11 @@ class HttpConnection:
                 raise TooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
             body = await self._read_body(limit)
             appended, delivery = await app.ingest.accept(route, request.headers, body, received, monotonic)
+            if isinstance(appended, Challenge):
+                status = 200
+                await self.send(200, envelope.encode({"challenge": appended.challenge}))
+                appended = None
+                return
             status = 200 if appended.duplicate else 202
             event = appended.event
             await self.send(status, envelope.encode({"id": event.id, "channel": event.channel, "duplicate": appended.duplicate}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from urllib.parse import parse_qs
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +19,11 @@ import msgspec
 from .config import Config, RouteConfig
 from .envelope import Draft
 from .errors import BadJson, Invalid, MediaType, NoRoute, RateLimited
+from .ratelimit import TokenBucket
 from .route import Template, compile_template, render
+from .schema import Validator, load_schema
 from .store import Appended, Store
+from .verify import VerifySpec, verify
 
 _json_decoder = msgspec.json.Decoder()
 
@@ -36,33 +40,42 @@ def media_kind(content_type: str | None) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Slack's url_verification: answered by the relay itself, nothing stored."""
+
+    challenge: str
+
+
 @dataclass(slots=True)
 class Route:
     name: str
     config: RouteConfig
     template: Template
-    verifier: Any = None  # relay.verify.VerifySpec, when the route verifies
-    validator: Any = None  # relay.schema.Validator, when the route has a schema
-    bucket: Any = None  # relay.ratelimit.TokenBucket, when the route has a rate
+    verifier: VerifySpec | None = None
+    validator: Validator | None = None
+    bucket: TokenBucket | None = None
     forward: tuple[tuple[str, str], ...] = ()  # (lower-case name, name as configured)
     accepted: int = 0
     rejected: dict[int, int] = field(default_factory=dict)
 
-    def prepare(self, headers: Mapping[str, str], body: bytes, now: float) -> Draft:
-        """Check one webhook and build its draft. ``headers`` are lower-cased."""
-        content_type = headers.get("content-type")
-        kind = media_kind(content_type)
-        if kind is None or kind not in self.config.accept:
-            wanted = " or ".join(
-                {"json": "application/json (or */*+json)", "form": "application/x-www-form-urlencoded"}[a]
-                for a in self.config.accept
-            )
-            raise MediaType(f"Content-Type {content_type or '(missing)'!r} is not accepted here; send {wanted}")
+    def prepare(self, headers: Mapping[str, str], body: bytes, now: float) -> Draft | Challenge:
+        """Check one webhook and build its draft. ``headers`` are lower-cased.
+
+        The signature is checked before anything else is looked at, so nothing
+        unsigned can be stored or answered in any other way."""
         delivery = None
         if self.verifier is not None:
-            from .verify import verify
-
             delivery = verify(self.verifier, headers, body, now)
+        content_type = headers.get("content-type")
+        kind = media_kind(content_type)
+        accepted = self.config.accepted
+        if kind is None or kind not in accepted:
+            wanted = " or ".join(
+                {"json": "application/json (or */*+json)", "form": "application/x-www-form-urlencoded"}[a]
+                for a in accepted
+            )
+            raise MediaType(f"Content-Type {content_type or '(missing)'!r} is not accepted here; send {wanted}")
         if self.config.dedupe_header:
             delivery = headers.get(self.config.dedupe_header.lower()) or delivery
         payload: Any = None
@@ -71,6 +84,13 @@ class Route:
                 payload = _json_decoder.decode(body)
             except msgspec.DecodeError as exc:
                 raise BadJson(f"body is not valid UTF-8 JSON: {exc}") from None
+            if (
+                self.config.verify == "slack"
+                and isinstance(payload, dict)
+                and payload.get("type") == "url_verification"
+                and isinstance(payload.get("challenge"), str)
+            ):
+                return Challenge(payload["challenge"])
             if self.validator is not None:
                 self.validator.validate(body)
             data = body
@@ -80,8 +100,6 @@ class Route:
             except UnicodeDecodeError:
                 raise BadJson("form body is not valid UTF-8") from None
             if self.template.needs_json:
-                from urllib.parse import parse_qs
-
                 payload = {k: v[0] for k, v in parse_qs(text).items()}
             data = msgspec.json.encode(text)
         channel = render(self.template, self.name, headers, payload)
@@ -111,8 +129,6 @@ def build_routes(config: Config) -> dict[str, Route]:
             forward=tuple((h.lower(), h) for h in rc.forward_headers),
         )
         if rc.verify != "none":
-            from .verify import VerifySpec
-
             route.verifier = VerifySpec(
                 scheme=rc.verify,
                 secrets=config.secrets.get(name, ()),
@@ -121,12 +137,8 @@ def build_routes(config: Config) -> dict[str, Route]:
                 prefix=rc.signature_prefix,
             )
         if rc.schema is not None:
-            from .schema import load_schema
-
             route.validator = load_schema(rc.schema)
         if rc.rate is not None:
-            from .ratelimit import TokenBucket
-
             route.bucket = TokenBucket(rc.rate, rc.burst or max(1, int(rc.rate)))
         routes[name] = route
     return routes
@@ -145,13 +157,15 @@ class Ingest:
         return route
 
     async def accept(self, route: Route, headers: Mapping[str, str], body: bytes, received: float,
-                     monotonic: float) -> tuple[Appended, str | None]:
+                     monotonic: float) -> tuple[Appended | Challenge, str | None]:
         """Store one webhook; returns the stored (or first) event and its delivery id."""
         if route.bucket is not None:
             wait = route.bucket.take(monotonic)
             if wait > 0:
                 raise RateLimited(f"route {route.name!r} takes {route.config.rate:g} webhooks/s", wait)
         draft = route.prepare(headers, body, received)
+        if isinstance(draft, Challenge):
+            return draft, None
         draft.received = monotonic
         (appended,) = await self.store.append([draft])
         return appended, draft.delivery

@@ -87,3 +87,17 @@ def test_each_bad_value_is_refused_with_its_key(text, key):
 def test_not_toml_is_a_config_error():
     with pytest.raises(ConfigError, match="not valid TOML"):
         parse("[server\n", env={})
+
+
+@pytest.mark.parametrize(
+    ("name", "env"),
+    [
+        ("github.toml", {"GITHUB_WEBHOOK_SECRET": "x"}),
+        ("stripe.toml", {"STRIPE_WEBHOOK_SECRET": "whsec_x"}),
+        ("slack.toml", {"SLACK_SIGNING_SECRET": "x"}),
+        ("standard.toml", {"APP_WEBHOOK_SECRET": "whsec_c2VjcmV0LWtleS1ieXRlcw=="}),
+    ],
+)
+def test_the_example_configs_pass_check_once_their_secret_is_set(name, env):
+    assert check(ROOT / "config" / name, env).returncode == 0, check(ROOT / "config" / name, env).stderr
+    assert check(ROOT / "config" / name).returncode == 2

@@ -1,0 +1,279 @@
+"""What senders and security reviewers check: signature presets end to end,
+replay windows, dedupe (also across a restart), rate limits, schemas, and
+random input that must never store anything unsigned."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import httpx
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from trio_websocket import open_websocket_url
+
+from conftest import config_text, running_relay
+
+WHSEC = "whsec_" + base64.b64encode(b"standard-key-0123456789").decode()
+WHSEC_NEW = "whsec_" + base64.b64encode(b"rotated-key-9876543210").decode()
+
+PRESETS = f"""
+[routes.github]
+channel = "github.{{header:X-GitHub-Event}}"
+verify = "github"
+secret = "gh-secret"
+forward_headers = ["X-GitHub-Event", "X-GitHub-Delivery"]
+
+[routes.stripe]
+channel = "stripe.{{json:type}}"
+verify = "stripe"
+secret = "whsec_stripe"
+
+[routes.slack]
+channel = "slack"
+verify = "slack"
+secret = "slack-signing"
+
+[routes.shopify]
+channel = "shopify.{{header:X-Shopify-Topic}}"
+verify = "shopify"
+secret = "shop-secret"
+
+[routes.standard]
+channel = "std"
+verify = "standard"
+secret = ["{WHSEC}", "{WHSEC_NEW}"]
+
+[routes.limited]
+channel = "limited"
+rate = 1.0
+burst = 2
+"""
+
+CONTRACT_STATUSES = {200, 202, 400, 401, 404, 405, 413, 415, 422, 429, 503}
+
+
+def mac(secret: bytes, message: bytes) -> bytes:
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+@pytest.fixture
+async def presets():
+    async with running_relay(config_text(PRESETS)) as relay:
+        yield relay
+
+
+async def post(http, relay, route, body, headers):
+    return await http.post(f"{relay.base}/hooks/{route}", content=body,
+                           headers={"Content-Type": "application/json", **headers})
+
+
+async def test_github_signed_webhooks_are_accepted_and_forged_ones_refused(presets, http):
+    body = b'{"zen":"Keep it logically awesome."}'
+    good = {"X-GitHub-Event": "ping", "X-GitHub-Delivery": "72d3162e",
+            "X-Hub-Signature-256": "sha256=" + mac(b"gh-secret", body).hex()}
+    r = await post(http, presets, "github", body, good)
+    assert r.status_code == 202 and r.json()["channel"] == "github.ping"
+    forged = {**good, "X-Hub-Signature-256": "sha256=" + mac(b"guess", body).hex()}
+    r = await post(http, presets, "github", body + b" ", forged)
+    assert r.status_code == 401
+    detail = r.json()["detail"]
+    assert "X-Hub-Signature-256" in detail
+    assert "gh-secret" not in detail and mac(b"gh-secret", body + b" ").hex() not in detail
+
+
+async def test_a_redelivered_github_webhook_is_a_duplicate_and_is_not_published_twice(presets, http):
+    body = b'{"action":"opened"}'
+    headers = {"X-GitHub-Event": "issues", "X-GitHub-Delivery": "dup-1",
+               "X-Hub-Signature-256": "sha256=" + mac(b"gh-secret", body).hex()}
+    async with open_websocket_url(f"{presets.ws_base}/ws?channel=github.*") as ws:
+        await ws.get_message()
+        first = await post(http, presets, "github", body, headers)
+        again = await post(http, presets, "github", body, headers)
+        assert first.status_code == 202 and again.status_code == 200
+        assert again.json() == {"id": first.json()["id"], "channel": "github.issues", "duplicate": True}
+        event = json.loads(await ws.get_message())
+        assert event["id"] == first.json()["id"] and event["delivery"] == "dup-1"
+        with trio.move_on_after(0.3):
+            raise AssertionError(f"published twice: {await ws.get_message()}")
+
+
+async def test_stripe_signatures_honour_the_300_second_tolerance_from_receipt(presets, http):
+    body = b'{"id":"evt_1","type":"charge.succeeded"}'
+
+    def header(ts: int, secret: bytes = b"whsec_stripe") -> dict[str, str]:
+        return {"Stripe-Signature": f"t={ts},v1={mac(secret, str(ts).encode() + b'.' + body).hex()}"}
+
+    now = int(time.time())
+    assert (await post(http, presets, "stripe", body, header(now - 400))).status_code == 401
+    assert (await post(http, presets, "stripe", body, header(now + 400))).status_code == 401
+    r = await post(http, presets, "stripe", body, header(now - 250))
+    assert r.status_code == 202 and r.json()["channel"] == "stripe.charge.succeeded"
+    # Stripe's dedupe key is the event's id: a retry with a fresh signature is a duplicate.
+    r2 = await post(http, presets, "stripe", body, header(now))
+    assert r2.status_code == 200 and r2.json()["duplicate"] is True and r2.json()["id"] == r.json()["id"]
+
+
+async def test_slack_url_verification_is_answered_by_the_relay_once_signed(presets, http):
+    body = b'{"token":"t","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}'
+    ts = str(int(time.time()))
+    sig = "v0=" + mac(b"slack-signing", b"v0:" + ts.encode() + b":" + body).hex()
+    r = await post(http, presets, "slack", body, {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig})
+    assert r.status_code == 200
+    assert r.json() == {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}
+    assert presets.app.store.head == ""  # nothing stored
+    r = await post(http, presets, "slack", body, {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": "v0=00"})
+    assert r.status_code == 401
+
+
+async def test_slack_slash_command_forms_are_relayed_verbatim(presets, http):
+    body = b"token=x&team_id=T1&command=%2Fweather&text=94070"
+    ts = str(int(time.time()))
+    sig = "v0=" + mac(b"slack-signing", b"v0:" + ts.encode() + b":" + body).hex()
+    async with open_websocket_url(f"{presets.ws_base}/ws?channel=slack") as ws:
+        await ws.get_message()
+        r = await http.post(f"{presets.base}/hooks/slack", content=body, headers={
+            "Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": sig})
+        assert r.status_code == 202, r.text
+        assert json.loads(await ws.get_message())["data"] == body.decode()
+
+
+async def test_shopify_base64_signatures(presets, http):
+    body = b'{"id":820982911946154508}'
+    good = {"X-Shopify-Topic": "orders.create", "X-Shopify-Webhook-Id": "b54557e4",
+            "X-Shopify-Hmac-Sha256": base64.b64encode(mac(b"shop-secret", body)).decode()}
+    r = await post(http, presets, "shopify", body, good)
+    assert r.status_code == 202 and r.json()["channel"] == "shopify.orders.create"
+    bad = {**good, "X-Shopify-Hmac-Sha256": base64.b64encode(mac(b"nope", body)).decode()}
+    assert (await post(http, presets, "shopify", body, bad)).status_code == 401
+
+
+async def test_standard_webhooks_accept_any_of_the_rotated_secrets(presets, http):
+    body = b'{"type":"user.created"}'
+    ts = str(int(time.time()))
+    for n, secret in enumerate((WHSEC, WHSEC_NEW)):
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        msg_id = f"msg_{n}"
+        sig = base64.b64encode(mac(key, f"{msg_id}.{ts}.".encode() + body)).decode()
+        headers = {"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": f"v1,bogus v1,{sig}"}
+        r = await post(http, presets, "standard", body, headers)
+        assert r.status_code == 202, r.text
+    wrong = base64.b64encode(mac(b"other", f"msg_9.{ts}.".encode() + body)).decode()
+    r = await post(http, presets, "standard", body, {"webhook-id": "msg_9", "webhook-timestamp": ts,
+                                                     "webhook-signature": f"v1,{wrong}"})
+    assert r.status_code == 401
+
+
+async def test_the_rate_limit_refuses_with_retry_after_and_recovers(autojump_clock):
+    async with running_relay(config_text(PRESETS)) as relay, httpx.AsyncClient() as http:
+        statuses = [(await post(http, relay, "limited", b"{}", {})).status_code for _ in range(3)]
+        assert statuses == [202, 202, 429]
+        refused = await post(http, relay, "limited", b"{}", {})
+        assert refused.json()["error"] == "rate_limited"
+        assert int(refused.headers["retry-after"]) == 1
+        stored = relay.app.store.head
+        await trio.sleep(1.0)  # virtual time: one token refills
+        assert (await post(http, relay, "limited", b"{}", {})).status_code == 202
+        assert int(relay.app.store.head) == int(stored) + 1
+
+
+async def test_a_json_schema_refuses_payloads_naming_the_path_and_keeps_valid_bodies_byte_exact(tmp_path, http):
+    schema = tmp_path / "push.json"
+    schema.write_text(json.dumps({
+        "type": "object", "required": ["repository"],
+        "properties": {"repository": {"type": "object", "required": ["id"],
+                                      "properties": {"id": {"type": "integer"}}}},
+    }))
+    extra = f'[routes.typed]\nchannel = "typed"\nschema = "{schema}"\n'
+    async with running_relay(config_text(extra)) as relay:
+        r = await post(http, relay, "typed", b'{"repository":{"id":"seven"}}', {})
+        assert r.status_code == 422
+        assert r.json()["detail"].startswith("$.repository.id: expected int")
+        body = b'{"repository": {"id": 7},   "extra": [1.50]}'
+        async with open_websocket_url(f"{relay.ws_base}/ws?channel=typed") as ws:
+            await ws.get_message()
+            assert (await post(http, relay, "typed", body, {})).status_code == 202
+            assert body.decode() in await ws.get_message()
+
+
+async def test_a_msgspec_struct_schema(tmp_path, http, monkeypatch):
+    (tmp_path / "hookschemas.py").write_text(
+        "import msgspec\nclass Order(msgspec.Struct):\n    order_id: int\n    total: float\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extra = '[routes.orders]\nchannel = "orders"\nschema = "hookschemas:Order"\n'
+    async with running_relay(config_text(extra)) as relay:
+        assert (await post(http, relay, "orders", b'{"order_id":1,"total":9.5}', {})).status_code == 202
+        r = await post(http, relay, "orders", b'{"order_id":1}', {})
+        assert r.status_code == 422 and "total" in r.json()["detail"]
+
+
+async def test_dedupe_survives_a_restart(daemon, http):
+    text = config_text(PRESETS, store='engine = "sqlite"\npath = "var/relay.db"')
+    body = b'{"n":1}'
+    headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "restart-1",
+               "X-Hub-Signature-256": "sha256=" + mac(b"gh-secret", body).hex()}
+    relay = daemon(text)
+    first = await post(http, relay, "github", body, headers)
+    assert first.status_code == 202
+    relay.kill()
+    relay = daemon(text)
+    again = await post(http, relay, "github", body, headers)
+    assert again.status_code == 200 and again.json()["duplicate"] and again.json()["id"] == first.json()["id"]
+
+
+header_names = st.sampled_from(["Content-Type", "X-Hub-Signature-256", "X-GitHub-Event", "X-GitHub-Delivery",
+                                "Stripe-Signature", "X-Slack-Signature", "X-Slack-Request-Timestamp",
+                                "webhook-id", "webhook-timestamp", "webhook-signature", "X-Shopify-Hmac-Sha256"])
+header_values = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80),
+    st.sampled_from(["application/json", "sha256=", "t=1,v1=00", "v0=", "v1,AAAA", "1700000000"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(st.binary(max_size=300), st.builds(lambda o: json.dumps(o).encode(), st.dictionaries(
+    st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=10)), max_size=4))),
+       headers=st.dictionaries(header_names, header_values, max_size=6),
+       route=st.sampled_from(["github", "stripe", "slack", "shopify", "standard"]))
+def test_random_requests_get_a_contract_status_and_nothing_unsigned_is_stored(body, headers, route):
+    async def main():
+        async with running_relay(config_text(PRESETS)) as relay, httpx.AsyncClient() as http:
+            r = await http.post(f"{relay.base}/hooks/{route}", content=body, headers=headers)
+            assert r.status_code in CONTRACT_STATUSES
+            assert r.status_code == 401, "an unsigned request got past the signature check"
+            assert r.json()["error"] == "bad_signature"
+            assert relay.app.store.head == ""
+
+    trio.run(main)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(body=st.binary(max_size=200), headers=st.dictionaries(header_names, header_values, max_size=6),
+       route=st.sampled_from(["github", "stripe", "slack", "shopify", "standard", "limited"]),
+       skew=st.floats(min_value=-1e6, max_value=1e6))
+def test_the_pure_ingest_step_only_ever_raises_contract_errors(body, headers, route, skew):
+    from relay.config import parse
+    from relay.envelope import Draft
+    from relay.errors import RelayError
+    from relay.ingest import build_routes
+
+    routes = _ROUTES.get("r")
+    if routes is None:
+        routes = _ROUTES["r"] = build_routes(parse(config_text(PRESETS), env={}))
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        draft = routes[route].prepare(lowered, body, time.time() + skew)
+    except RelayError as error:
+        assert error.status in CONTRACT_STATUSES and error.detail
+        if route != "limited":
+            assert error.status == 401
+    else:
+        assert route == "limited" and isinstance(draft, Draft)
+
+
+_ROUTES: dict = {}
