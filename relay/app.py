@@ -12,18 +12,22 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .auth import Authenticator, Grant, origin_allowed, presented_token
 from .config import Config
+from .errors import Forbidden, RelayError
 from .hub import Hub
 from .ingest import Ingest, Route, build_routes
 from .store import Appended, open_store
 
 if TYPE_CHECKING:
     from .http import Request
+    from .sse import SseSession
     from .ws import Session
 
 log = logging.getLogger("relay")
@@ -43,23 +47,41 @@ class App:
         self.hub = Hub()
         self.store = open_store(config.store, self.hub.publish)
         self.ingest = Ingest(build_routes(config), self.store)
+        self.auth = Authenticator(config.tokens)
         self.stopping = trio.Event()
         self.idle: set[trio.CancelScope] = set()
-        self.sessions: set[Session] = set()
+        self.sessions: set[Session | SseSession] = set()
         self.frames_sent: dict[str, int] = {"ws": 0, "sse": 0}
         self.webhooks: Counter[tuple[str, int]] = Counter()
         self.address: tuple[str, int] = ("", 0)
 
-    # -- seams for auth (static tokens, JWT) -----------------------------
+    # -- subscriber auth -------------------------------------------------
 
-    def authorize(self, request: Request, patterns: list[str]) -> None:
-        """Refuse a subscription before the upgrade; open when no auth is set."""
+    def authorize(self, request: Request, patterns: list[str]) -> Grant | None:
+        """Check a subscription before the upgrade: the browser's Origin (403),
+        the token (401), the channels it asks for (403). None: auth is off."""
+        if not origin_allowed(self.config.auth.origins, request.headers.get("origin")):
+            raise Forbidden(f"Origin {request.headers.get('origin', '')[:200]!r} is not allowed")
+        grant = self.auth.grant(presented_token(request.headers, request.query), time.time())
+        if grant is not None:
+            grant.check(patterns)
+        return grant
 
     def authorize_channel(self, session: Session, pattern: str) -> None:
         """Refuse a subscribe message for a channel the connection may not read."""
+        if session.grant is not None:
+            session.grant.check([pattern])
 
     def refresh(self, session: Session, token: str | None) -> None:
-        session.error("bad_token", "this relay has no JWT key configured; nothing to refresh")
+        if self.auth.jwt is None:
+            session.error("bad_token", "this relay has no JWT key configured; nothing to refresh")
+            return
+        try:
+            grant = self.auth.grant(token, time.time())
+        except RelayError as exc:
+            session.error(exc.code, exc.detail)
+            return
+        session.refreshed(grant)
 
     # -- state -----------------------------------------------------------
 

@@ -111,8 +111,11 @@ class Config(Struct, frozen=True, kw_only=True):
     delivery: DeliveryConfig = DeliveryConfig()
     auth: AuthConfig = AuthConfig()
     routes: dict[str, RouteConfig] = {}
-    # Filled in by ``load``: secrets read from the environment, by route name.
+    # Filled in by ``parse``: secrets read from the environment, by route name;
+    # subscriber tokens (value -> channel patterns); the admin token.
     secrets: dict[str, tuple[bytes, ...]] = {}
+    tokens: dict[str, tuple[str, ...]] = {}
+    admin_token: str | None = None
 
 
 _SECTIONS: dict[str, type[Struct]] = {
@@ -270,9 +273,40 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
             if not os.path.isfile(path):
                 problems.append((f"server.tls.{field}", f"{path!r}: file not found"))
 
+    auth: AuthConfig = parts.get("auth", AuthConfig())  # type: ignore[assignment]
+    tokens: dict[str, tuple[str, ...]] = {}
+    for i, tc in enumerate(auth.tokens):
+        key = f"auth.tokens[{i}]"
+        if (tc.token is None) == (tc.token_env is None):
+            problems.append((key, "give token or token_env (one of them)"))
+            continue
+        value = tc.token if tc.token is not None else env.get(tc.token_env or "")
+        if not value:
+            problems.append((f"{key}.token_env", f"environment variable {tc.token_env} is not set"))
+            continue
+        for pattern in tc.channels:
+            if not _pattern_ok(pattern):
+                problems.append((f"{key}.channels", f"{pattern!r} is not a channel name or pattern"))
+        tokens[value] = tuple(tc.channels)
+    admin_token = None
+    if auth.admin_token_env is not None:
+        admin_token = env.get(auth.admin_token_env)
+        if not admin_token:
+            problems.append(("auth.admin_token_env", f"environment variable {auth.admin_token_env} is not set"))
+    for i, origin in enumerate(auth.origins or []):
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            problems.append((f"auth.origins[{i}]", f"{origin!r}: expected scheme://host[:port], no path"))
+
     if problems:
         raise ConfigError(problems)
-    return Config(routes=routes, secrets=secrets, **parts)  # type: ignore[arg-type]
+    return Config(routes=routes, secrets=secrets, tokens=tokens, admin_token=admin_token,
+                  **parts)  # type: ignore[arg-type]
+
+
+def _pattern_ok(pattern: str) -> bool:
+    if pattern == "*":
+        return True
+    return bool(CHANNEL_RE.match(pattern[:-2] if pattern.endswith(".*") else pattern))
 
 
 def load(path: str, env: dict[str, str] | None = None) -> Config:

@@ -230,6 +230,10 @@ class HttpConnection:
                 await self._webhook(request, path[len("/hooks/"):])
             elif path == "/ws":
                 return await self._websocket(request)
+            elif path == "/sse":
+                from .sse import accept_sse
+
+                return await accept_sse(self, request)
             elif path == "/healthz":
                 await self._only_get(request)
                 await self.send(200, b'{"status":"ok"}')

@@ -119,7 +119,7 @@ class Subscriber:
                 sent = 0
             except OSError as exc:
                 if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
-                    self._lost()
+                    self.lost()
                     return
                 raise
             if sent == len(data):
@@ -142,6 +142,12 @@ class Subscriber:
         elif not self.overflowed:
             self.overflowed = True
             self.slow.set()
+        else:
+            return
+        if self.stats is not None:
+            # Read by relay.metrics as relay_slow_consumers_total{policy}.
+            key = "slow." + self.policy
+            self.stats[key] = self.stats.get(key, 0) + 1
 
     def _drop_oldest(self) -> None:
         """Discard the oldest half of the queued events; a gap replaces them."""
@@ -178,7 +184,7 @@ class Subscriber:
         self.pending_ids = [None] * len(keep)
         self.queued = 0
 
-    def _lost(self) -> None:
+    def lost(self) -> None:
         self.closed = True
         self.pending.clear()
         self.pending_ids.clear()
@@ -205,7 +211,7 @@ class Subscriber:
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._lost()
+                self.lost()
                 return
             finally:
                 self.sending = False

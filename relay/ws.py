@@ -25,12 +25,13 @@ from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, T
 from wsproto.utilities import generate_accept_token
 
 from . import envelope
-from .errors import BadRequest, MethodNotAllowed, Unavailable
+from .errors import BadRequest, MethodNotAllowed, RelayError, Unavailable
 from .route import parse_pattern
 from .subscriber import Subscriber
 
 if TYPE_CHECKING:
     from .app import App
+    from .auth import Grant
     from .http import HttpConnection, Request
 
 log = logging.getLogger("relay.ws")
@@ -102,7 +103,7 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
         if SUBPROTOCOL not in offered:
             raise BadRequest(f"Sec-WebSocket-Protocol: this relay speaks {SUBPROTOCOL} only")
         subprotocol = SUBPROTOCOL
-    app.authorize(request, patterns)
+    grant = app.authorize(request, patterns)
     if app.subscriber_count() >= app.config.server.max_connections:
         raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
     response = [
@@ -114,14 +115,15 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
         response.append((b"sec-websocket-protocol", subprotocol.encode()))
     await hc.stream.send_all(hc.conn.send(h11.InformationalResponse(status_code=101, headers=response)))
     trailing, _closed = hc.conn.trailing_data
-    session = Session(app, hc.stream, trailing)
+    session = Session(app, hc.stream, trailing, grant)
     await session.run(patterns, since)
     return True
 
 
 class Session:
-    def __init__(self, app: App, stream: trio.abc.Stream, trailing: bytes) -> None:
+    def __init__(self, app: App, stream: trio.abc.Stream, trailing: bytes, grant: Grant | None = None) -> None:
         self.app = app
+        self.grant = grant
         self.stream = stream
         self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
         config = app.config
@@ -265,8 +267,8 @@ class Session:
                     continue
             try:
                 app.authorize_channel(self, pattern)
-            except Exception as exc:  # noqa: BLE001 - a refusal is an answer, not a crash
-                self.error(getattr(exc, "code", "forbidden"), str(exc))
+            except RelayError as exc:
+                self.error(exc.code, exc.detail)
                 continue
             fresh = pattern not in sub.patterns
             if fresh:

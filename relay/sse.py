@@ -1,0 +1,147 @@
+"""Server-Sent Events subscribers: ``GET /sse``.
+
+The same subscription as ``/ws`` (channels, patterns, ``since``; the
+``Last-Event-ID`` header acts as ``since``) over one long chunked HTTP/1.1
+response. Each event is one pre-built chunk (``Event.sse_chunk``: ``id:`` and
+``data:`` lines) shared by every SSE subscriber; a ``: ping`` comment goes out
+every ``ping_interval``. A slow consumer's stream ends and the browser's
+EventSource comes back with ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import h11
+import trio
+
+from . import envelope
+from .errors import BadRequest, MethodNotAllowed, Unavailable
+from .subscriber import Subscriber
+from .ws import channels_from_query
+
+if TYPE_CHECKING:
+    from .app import App
+    from .auth import Grant
+    from .http import HttpConnection, Request
+
+HEARTBEAT = envelope.http_chunk(b": ping\n\n")
+END = b"0\r\n\r\n"
+
+
+def gap_chunk(after: str, next_id: str) -> bytes:
+    data = envelope.encode({"type": "gap", "after": after, "next": next_id})
+    return envelope.http_chunk(b"event: gap\ndata: " + data + b"\n\n")
+
+
+async def accept_sse(hc: HttpConnection, request: Request) -> bool:
+    app = hc.app
+    if request.method != "GET":
+        raise MethodNotAllowed(f"{request.method} is not allowed; open an event stream with GET", "GET")
+    if hc.conn.their_http_version != b"1.1":
+        raise BadRequest("event streams need HTTP/1.1")
+    patterns = channels_from_query(request.query)
+    if not patterns:
+        raise BadRequest("channel: name at least one channel or pattern, e.g. /sse?channel=github.*")
+    since = request.headers.get("last-event-id") or (request.query["since"][-1] if "since" in request.query else None)
+    if since is not None:
+        try:
+            app.store.parse_id(since)
+        except ValueError as exc:
+            raise BadRequest(f"since: {exc}") from None
+    grant = app.authorize(request, patterns)
+    if app.subscriber_count() >= app.config.server.max_connections:
+        raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
+    head = hc.conn.send(h11.Response(status_code=200, headers=[
+        ("content-type", "text/event-stream"),
+        ("cache-control", "no-cache"),
+        ("x-accel-buffering", "no"),  # tell nginx not to buffer the stream
+        ("transfer-encoding", "chunked"),
+    ]))
+    await hc.stream.send_all(head)
+    await SseSession(app, hc.stream, grant).run(patterns, since)
+    return True
+
+
+class SseSession:
+    def __init__(self, app: App, stream: trio.abc.Stream, grant: Grant | None) -> None:
+        self.app = app
+        self.stream = stream
+        self.grant = grant
+        self.expired = trio.Event()
+        config = app.config
+        self.sub = Subscriber(
+            stream,
+            "sse",
+            frame=lambda event: event.sse_chunk,
+            gap=gap_chunk,
+            limit=config.delivery.queue,
+            policy=config.delivery.slow_consumer,
+            stats=app.frames_sent,
+        )
+
+    async def run(self, patterns: list[str], since: str | None) -> None:
+        app, sub = self.app, self.sub
+        app.sessions.add(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(sub.run_writer)
+                nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._until_closed)
+                for pattern in patterns:
+                    app.hub.add(sub, pattern)
+                    sub.patterns.add(pattern)
+                if since is not None:
+                    sub.hold = []
+                sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.store.head.encode() + b"\n\n"))
+                if since is not None:
+                    nursery.start_soon(sub.replay, app.store, patterns, since)
+                if self.grant is not None and self.grant.expires is not None:
+                    nursery.start_soon(self._expire, self.grant.expires)
+                await wait_any(app.stopping, sub.slow, sub.gone, self.expired)
+                if not sub.gone.is_set():
+                    if sub.slow.is_set():
+                        sub.truncate()
+                    sub.write(END)
+                    with trio.move_on_after(1.0):
+                        await sub.drained()
+                nursery.cancel_scope.cancel()
+        finally:
+            app.hub.remove(sub, sub.patterns)
+            sub.closed = True
+            app.sessions.discard(self)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self.app.config.server.ping_interval)
+            self.sub.write(HEARTBEAT)
+
+    async def _until_closed(self) -> None:
+        # An EventSource never sends; end of input means the browser left.
+        try:
+            while await self.stream.receive_some(4096):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self.sub.lost()
+
+    async def _expire(self, expires: float) -> None:
+        await trio.sleep(max(0.0, expires - time.time()))
+        self.expired.set()
+
+
+async def wait_any(*events: trio.Event) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def watch(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(watch, event)
+
+
