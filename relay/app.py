@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import sys
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from .config import Config
 from .errors import Forbidden, RelayError
 from .hub import Hub
 from .ingest import Ingest, Route, build_routes
+from .metrics import Metrics
 from .store import Appended, open_store
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ class App:
         self.sessions: set[Session | SseSession] = set()
         self.frames_sent: dict[str, int] = {"ws": 0, "sse": 0}
         self.webhooks: Counter[tuple[str, int]] = Counter()
+        self.metrics = Metrics(self)  # relay/metrics.py: GET /metrics, delivery latency
         self.address: tuple[str, int] = ("", 0)
 
     # -- subscriber auth -------------------------------------------------
@@ -120,6 +123,22 @@ class App:
             # One broken connection must never take the relay down.
             log.exception("connection failed")
 
+    def _tune(self, stream: trio.SocketStream) -> None:
+        """Find half-open peers: TCP keepalive probes on idle connections, and
+        a cap on how long sent data may stay unacknowledged."""
+        interval = self.config.server.ping_interval
+        sock = stream.socket
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(interval)))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(interval / 3)))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(3 * interval * 1000))
+        except OSError:
+            pass  # not every platform has every option
+
     async def _accept(self, listener: trio.SocketListener, conns: trio.Nursery,
                       scopes: list[trio.CancelScope]) -> None:
         scope = trio.CancelScope()
@@ -134,6 +153,7 @@ class App:
                         await trio.sleep(0.1)
                         continue
                     raise
+                self._tune(stream)
                 conns.start_soon(self._connection, stream)
         await listener.aclose()
 

@@ -56,8 +56,9 @@ class Subscriber:
         self.fd = raw_fd(stream)
         self.patterns: set[str] = set()
         self.pending: list[bytes | memoryview] = []
-        # Parallel to ``pending``: (event id, droppable), or None for control frames.
-        self.pending_ids: list[tuple[str, bool] | None] = []
+        # Parallel to ``pending``: (event id, droppable) for event frames,
+        # (after id, None) for gap frames, None for other control frames.
+        self.pending_ids: list[tuple[str, bool | None] | None] = []
         self.queued = 0  # event frames in ``pending``
         self.delivered_id = ""  # last event handed to the kernel
         self.dropped = 0
@@ -97,14 +98,14 @@ class Subscriber:
                 return
         if self.gap_after is not None:
             after, self.gap_after = self.gap_after, None
-            self.write(self.gap(after, event.id))
+            self.write(self.gap(after, event.id), after, None)
         self.last_id = event.id
         self.frames += 1
         if self.stats is not None:
             self.stats[self.transport] += 1
         self.write(self.frame(event), event.id, counted)
 
-    def write(self, data: bytes, event_id: str | None = None, counted: bool = False) -> None:
+    def write(self, data: bytes, event_id: str | None = None, counted: bool | None = False) -> None:
         """Send ``data`` after everything already queued, without waiting.
 
         ``event_id`` names the event a frame carries; ``counted`` frames (live
@@ -134,6 +135,7 @@ class Subscriber:
             self.queued += 1
         self.pending.append(data)
         self.pending_ids.append((event_id, counted) if event_id is not None else None)
+        # (a gap frame is written with counted=None: tagged, never counted)
         self._wake.unpark()
 
     def _overflow(self) -> None:
@@ -150,31 +152,42 @@ class Subscriber:
             self.stats[key] = self.stats.get(key, 0) + 1
 
     def _drop_oldest(self) -> None:
-        """Discard the oldest half of the queued events; a gap replaces them."""
+        """Discard the oldest half of the queued events; one gap replaces them.
+
+        A gap frame still queued in front of dropped events is folded into the
+        new gap, so the client never sees a gap naming an event that will not
+        come."""
         to_drop = max(1, self.queued // 2)
         after = self.delivered_id or ""
         dropped = 0
+        folded = False
         gap_written = False
         pending: list[bytes | memoryview] = []
-        ids: list[tuple[str, bool] | None] = []
+        ids: list[tuple[str, bool | None] | None] = []
         for data, tag in zip(self.pending, self.pending_ids):
             if tag is not None:
-                event_id, droppable = tag
-                if droppable and dropped < to_drop:
+                ident, kind = tag
+                dropping = dropped < to_drop
+                if kind is None:  # a gap frame
+                    if dropping and not gap_written:
+                        after, folded = ident, True
+                        continue
+                elif kind and dropping:
                     dropped += 1
                     continue
-                if dropped and not gap_written:
-                    pending.append(self.gap(after, event_id))
-                    ids.append(None)
-                    gap_written = True
-                if not dropped:
-                    after = event_id
+                else:
+                    if (dropped or folded) and not gap_written:
+                        pending.append(self.gap(after, ident))
+                        ids.append((after, None))
+                        gap_written = True
+                    if not (dropped or folded):
+                        after = ident
             pending.append(data)
             ids.append(tag)
         self.pending, self.pending_ids = pending, ids
         self.queued -= dropped
         self.dropped += dropped
-        if not gap_written:
+        if (dropped or folded) and not gap_written:
             self.gap_after = after
 
     def truncate(self) -> None:
