@@ -88,6 +88,12 @@ class App:
 
     # -- state -----------------------------------------------------------
 
+    def begin_shutdown(self) -> None:
+        """Refuse new work; every subscriber session closes (1001, end of stream)."""
+        self.stopping.set()
+        for session in list(self.sessions):
+            session.wake()
+
     def subscriber_count(self) -> int:
         return len(self.sessions)
 
@@ -179,7 +185,7 @@ async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatu
             deadline = trio.current_time() + max(0.1, grace - 1.0)
             for scope in accepting:
                 scope.cancel()
-            app.stopping.set()
+            app.begin_shutdown()
             for scope in list(app.idle):
                 scope.cancel()
             conns.cancel_scope.deadline = deadline

@@ -69,7 +69,6 @@ class SseSession:
         self.app = app
         self.stream = stream
         self.grant = grant
-        self.expired = trio.Event()
         config = app.config
         self.sub = Subscriber(
             stream,
@@ -79,7 +78,12 @@ class SseSession:
             limit=config.delivery.queue,
             policy=config.delivery.slow_consumer,
             stats=app.frames_sent,
+            on_trouble=self.wake,
         )
+        self.alarm = trio.Event()
+
+    def wake(self) -> None:
+        self.alarm.set()
 
     async def run(self, patterns: list[str], since: str | None) -> None:
         app, sub = self.app, self.sub
@@ -88,7 +92,6 @@ class SseSession:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 nursery.start_soon(sub.run_writer)
-                nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._until_closed)
                 for pattern in patterns:
                     app.hub.add(sub, pattern)
@@ -98,11 +101,9 @@ class SseSession:
                 sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.store.head.encode() + b"\n\n"))
                 if since is not None:
                     nursery.start_soon(sub.replay, app.store, patterns, since)
-                if self.grant is not None and self.grant.expires is not None:
-                    nursery.start_soon(self._expire, self.grant.expires)
-                await wait_any(app.stopping, sub.slow, sub.gone, self.expired)
-                if not sub.gone.is_set():
-                    if sub.slow.is_set():
+                await self._supervise()
+                if not sub.closed:
+                    if sub.overflowed:
                         sub.truncate()
                     sub.write(END)
                     with trio.move_on_after(1.0):
@@ -115,10 +116,21 @@ class SseSession:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await trio.sleep(self.app.config.server.ping_interval)
-            self.sub.write(HEARTBEAT)
+    async def _supervise(self) -> None:
+        """Heartbeat every ``ping_interval`` until the alarm goes off
+        (shutdown, slow consumer, browser gone) or the token expires."""
+        interval = self.app.config.server.ping_interval
+        expires = self.grant.expires if self.grant is not None else None
+        while not self.alarm.is_set():
+            deadline = trio.current_time() + interval
+            if expires is not None:
+                deadline = min(deadline, trio.current_time() + max(0.0, expires - time.time()))
+            with trio.move_on_at(deadline):
+                await self.alarm.wait()
+            if expires is not None and time.time() >= expires:
+                return
+            if not self.alarm.is_set():
+                self.sub.write(HEARTBEAT)
 
     async def _until_closed(self) -> None:
         # An EventSource never sends; end of input means the browser left.
@@ -128,20 +140,4 @@ class SseSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         self.sub.lost()
-
-    async def _expire(self, expires: float) -> None:
-        await trio.sleep(max(0.0, expires - time.time()))
-        self.expired.set()
-
-
-async def wait_any(*events: trio.Event) -> None:
-    async with trio.open_nursery() as nursery:
-
-        async def watch(event: trio.Event) -> None:
-            await event.wait()
-            nursery.cancel_scope.cancel()
-
-        for event in events:
-            nursery.start_soon(watch, event)
-
 

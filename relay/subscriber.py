@@ -46,6 +46,7 @@ class Subscriber:
         limit: int,
         policy: str = "disconnect",
         stats: dict[str, int] | None = None,
+        on_trouble: Callable[[], None] | None = None,
     ) -> None:
         self.stream = stream
         self.transport = transport
@@ -69,9 +70,11 @@ class Subscriber:
         self.last_id: str | None = None
         self.frames = 0
         self.stats = stats
-        self.overflowed = False
-        self.slow = trio.Event()  # queue overflowed under "disconnect"
-        self.gone = trio.Event()  # the peer can no longer be written to
+        self.overflowed = False  # queue overflowed under "disconnect"
+        # Called when the transport must act: overflow under "disconnect", or
+        # the peer can no longer be written to (``closed``). A callback rather
+        # than events a task waits on: idle connections stay small.
+        self.on_trouble = on_trouble
         self._wake = trio.lowlevel.ParkingLot()
         self._drained = trio.lowlevel.ParkingLot()
 
@@ -143,7 +146,8 @@ class Subscriber:
             self._drop_oldest()
         elif not self.overflowed:
             self.overflowed = True
-            self.slow.set()
+            if self.on_trouble is not None:
+                self.on_trouble()
         else:
             return
         if self.stats is not None:
@@ -202,9 +206,10 @@ class Subscriber:
         self.pending.clear()
         self.pending_ids.clear()
         self.queued = 0
-        self.gone.set()
         self._wake.unpark_all()
         self._drained.unpark_all()
+        if self.on_trouble is not None:
+            self.on_trouble()
 
     async def run_writer(self) -> None:
         """Drain ``pending`` into the stream, many frames per write."""

@@ -15,6 +15,8 @@ shutdown (1001), slow consumption (1013) or a lost peer.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 import h11
@@ -135,11 +137,21 @@ class Session:
             limit=config.delivery.queue,
             policy=config.delivery.slow_consumer,
             stats=app.frames_sent,
+            on_trouble=self.wake,
         )
         self.unanswered_pings = 0
         self.closing = False
         self.close_code: int | None = None
-        self._control_send, self._control_recv = trio.open_memory_channel[tuple[str, str, str | None]](CONTROL_BACKLOG)
+        # Set when the session must act: shutdown, slow consumer, lost peer,
+        # token expiry. One event and one supervising task per connection
+        # (instead of a task per condition) keeps idle connections small.
+        self.alarm = trio.Event()
+        self.expires: float | None = grant.expires if grant is not None else None
+        self._requests: deque[tuple[str, str, str | None]] = deque()
+        self._control_running = False
+
+    def wake(self) -> None:
+        self.alarm.set()
 
     def send_json(self, obj: object) -> None:
         self.sub.write(envelope.ws_text_frame(envelope.encode(obj)))
@@ -154,11 +166,7 @@ class Session:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 nursery.start_soon(sub.run_writer)
-                nursery.start_soon(self._pinger)
-                nursery.start_soon(self._control)
-                nursery.start_soon(self._close_on, app.stopping, 1001, "server shutting down")
-                nursery.start_soon(self._close_on, sub.slow, 1013, "slow consumer")
-                nursery.start_soon(self._cancel_on, sub.gone)
+                nursery.start_soon(self._supervise)
                 # Everything from here to the welcome is synchronous: the
                 # head id in the welcome is exactly where live delivery starts.
                 for pattern in patterns:
@@ -168,7 +176,7 @@ class Session:
                     sub.hold = []
                 self.send_json({"type": "welcome", "id": app.store.head, "channels": patterns})
                 if since is not None and patterns:
-                    self._control_send.send_nowait(("resume", ",".join(patterns), since))
+                    self._request(("resume", ",".join(patterns), since))
                 await self._reader()
                 nursery.cancel_scope.cancel()
         finally:
@@ -230,11 +238,11 @@ class Session:
             if not message.channel:
                 self.error("bad_message", f"{message.type} needs a channel")
                 return
-            try:
-                self._control_send.send_nowait((message.type, message.channel, message.since))
-            except trio.WouldBlock:
+            if len(self._requests) >= CONTROL_BACKLOG:
                 # A client that floods requests faster than they can be served.
                 self.nursery.start_soon(self.close, 1008, "too many requests", False)
+            else:
+                self._request((message.type, message.channel, message.since))
         elif message.type == "refresh":
             self.app.refresh(self, message.token)
         else:
@@ -242,65 +250,87 @@ class Session:
 
     # -- subscriptions ---------------------------------------------------
 
+    def _request(self, request: tuple[str, str, str | None]) -> None:
+        self._requests.append(request)
+        if not self._control_running:
+            # Started on demand: most connections never send a request.
+            self._control_running = True
+            self.nursery.start_soon(self._control)
+
     async def _control(self) -> None:
+        try:
+            while self._requests:
+                await self._serve_request(*self._requests.popleft())
+        finally:
+            self._control_running = False
+
+    async def _serve_request(self, kind: str, channel: str, since: str | None) -> None:
         app, sub = self.app, self.sub
-        async for kind, channel, since in self._control_recv:
-            if kind == "resume":
-                await sub.replay(app.store, channel.split(","), since or "")
-                continue
+        if kind == "resume":
+            await sub.replay(app.store, channel.split(","), since or "")
+            return
+        try:
+            pattern = parse_pattern(channel)
+        except ValueError as exc:
+            self.error("bad_channel", str(exc))
+            return
+        if kind == "unsubscribe":
+            if pattern in sub.patterns:
+                sub.patterns.discard(pattern)
+                app.hub.discard(sub, pattern)
+            self.send_json({"type": "unsubscribed", "channel": pattern})
+            return
+        if since is not None:
             try:
-                pattern = parse_pattern(channel)
+                app.store.parse_id(since)
             except ValueError as exc:
-                self.error("bad_channel", str(exc))
-                continue
-            if kind == "unsubscribe":
-                if pattern in sub.patterns:
-                    sub.patterns.discard(pattern)
-                    app.hub.discard(sub, pattern)
-                self.send_json({"type": "unsubscribed", "channel": pattern})
-                continue
-            if since is not None:
-                try:
-                    app.store.parse_id(since)
-                except ValueError as exc:
-                    self.error("bad_since", str(exc))
-                    continue
-            try:
-                app.authorize_channel(self, pattern)
-            except RelayError as exc:
-                self.error(exc.code, exc.detail)
-                continue
-            fresh = pattern not in sub.patterns
-            if fresh:
-                app.hub.add(sub, pattern)
-                sub.patterns.add(pattern)
-            if since is not None:
-                sub.hold = [] if sub.hold is None else sub.hold
-            self.send_json({"type": "subscribed", "channel": pattern, "id": app.store.head})
-            if since is not None:
-                await sub.replay(app.store, [pattern], since)
+                self.error("bad_since", str(exc))
+                return
+        try:
+            app.authorize_channel(self, pattern)
+        except RelayError as exc:
+            self.error(exc.code, exc.detail)
+            return
+        if pattern not in sub.patterns:
+            app.hub.add(sub, pattern)
+            sub.patterns.add(pattern)
+        if since is not None:
+            sub.hold = [] if sub.hold is None else sub.hold
+        self.send_json({"type": "subscribed", "channel": pattern, "id": app.store.head})
+        if since is not None:
+            await sub.replay(app.store, [pattern], since)
 
     # -- liveness and closing -------------------------------------------
 
-    async def _pinger(self) -> None:
+    async def _supervise(self) -> None:
+        """Ping every ``ping_interval``; act when the alarm goes off."""
         interval = self.app.config.server.ping_interval
-        while True:
-            await trio.sleep(interval)
-            if self.unanswered_pings >= 2:
-                log.info("closing a websocket that missed two pings")
-                await self.close(1011, "missed pings")
+        next_ping = trio.current_time() + interval
+        while not self.alarm.is_set():
+            deadline = next_ping
+            if self.expires is not None:
+                deadline = min(deadline, trio.current_time() + max(0.0, self.expires - time.time()))
+            with trio.move_on_at(deadline):
+                await self.alarm.wait()
+            if self.expires is not None and time.time() >= self.expires:
+                await self.close(4001, "token expired")
                 return
-            self.unanswered_pings += 1
-            if self.ws.state is ConnectionState.OPEN:
-                self.sub.write(self.ws.send(Ping(payload=b"relay")))
-
-    async def _close_on(self, event: trio.Event, code: int, reason: str) -> None:
-        await event.wait()
-        await self.close(code, reason)
-
-    async def _cancel_on(self, event: trio.Event) -> None:
-        await event.wait()
-        self.nursery.cancel_scope.cancel()
+            if trio.current_time() >= next_ping and not self.alarm.is_set():
+                next_ping += interval
+                if self.unanswered_pings >= 2:
+                    log.info("closing a websocket that missed two pings")
+                    await self.close(1011, "missed pings")
+                    return
+                self.unanswered_pings += 1
+                if self.ws.state is ConnectionState.OPEN:
+                    self.sub.write(self.ws.send(Ping(payload=b"relay")))
+        sub = self.sub
+        if sub.overflowed:
+            await self.close(1013, "slow consumer")
+        elif sub.closed:
+            self.nursery.cancel_scope.cancel()  # the peer is gone: nothing to say
+        elif self.app.stopping.is_set():
+            await self.close(1001, "server shutting down")
 
     async def close(self, code: int, reason: str, wait_reply: bool = True) -> None:
         """Send a close frame, give the client a moment, then end the session."""
