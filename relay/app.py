@@ -10,6 +10,7 @@ websockets with 1001, flush the store, return - all within
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import sys
@@ -49,7 +50,23 @@ class App:
         self.hub = Hub()
         self.store = open_store(config.store, self.hub.publish)
         self.ingest = Ingest(build_routes(config), self.store)
-        self.auth = Authenticator(config.tokens)
+        jwt_verifier = None
+        if config.jwt_key is not None:
+            from .tokens import JwtVerifier
+
+            jwt_verifier = (JwtVerifier.from_public_key(config.jwt_key) if config.jwt_is_public
+                            else JwtVerifier.from_secret(config.jwt_key))
+        self.auth = Authenticator(config.tokens, jwt_verifier)
+        self.trusted_proxies = [ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies]
+        self.tls = None
+        if config.server.tls is not None:
+            from .tls import server_context
+
+            self.tls = server_context(config.server.tls.cert, config.server.tls.key)
+        # Wall time that advances with trio's clock (so tests can jump it):
+        # token expiry is judged by it.
+        self._wall0 = time.time()
+        self._mono0 = trio.current_time()
         self.stopping = trio.Event()
         self.idle: set[trio.CancelScope] = set()
         self.sessions: set[Session | SseSession] = set()
@@ -65,7 +82,7 @@ class App:
         the token (401), the channels it asks for (403). None: auth is off."""
         if not origin_allowed(self.config.auth.origins, request.headers.get("origin")):
             raise Forbidden(f"Origin {request.headers.get('origin', '')[:200]!r} is not allowed")
-        grant = self.auth.grant(presented_token(request.headers, request.query), time.time())
+        grant = self.auth.grant(presented_token(request.headers, request.query), self.now())
         if grant is not None:
             grant.check(patterns)
         return grant
@@ -80,13 +97,16 @@ class App:
             session.error("bad_token", "this relay has no JWT key configured; nothing to refresh")
             return
         try:
-            grant = self.auth.grant(token, time.time())
+            grant = self.auth.grant(token, self.now())
         except RelayError as exc:
             session.error(exc.code, exc.detail)
             return
         session.refreshed(grant)
 
     # -- state -----------------------------------------------------------
+
+    def now(self) -> float:
+        return self._wall0 + (trio.current_time() - self._mono0)
 
     def begin_shutdown(self) -> None:
         """Refuse new work; every subscriber session closes (1001, end of stream)."""
@@ -105,7 +125,7 @@ class App:
         return False
 
     def webhook_done(self, name: str, route: Route | None, status: int, appended: Appended | None,
-                     delivery: str | None, seconds: float) -> None:
+                     delivery: str | None, seconds: float, client: str | None = None) -> None:
         self.webhooks[(name if route else "", status)] += 1
         event = appended.event if appended else None
         fields: dict[str, Any] = {
@@ -115,6 +135,7 @@ class App:
             "event_id": event.id if event else None,
             "delivery": delivery,
             "duration_ms": round(seconds * 1000, 3),
+            "client": client,
         }
         log.log(logging.INFO if status < 500 else logging.WARNING, "webhook", extra={"fields": fields})
 
@@ -124,6 +145,23 @@ class App:
         from .http import HttpConnection
 
         try:
+            if self.tls is not None:
+                from .tls import HANDSHAKE_TIMEOUT
+
+                tls_stream = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)
+                # A client that never finishes its handshake costs one socket
+                # for a bounded time, and nothing else.
+                with trio.move_on_after(HANDSHAKE_TIMEOUT) as scope:
+                    try:
+                        await tls_stream.do_handshake()
+                    except trio.BrokenResourceError:
+                        await stream.aclose()
+                        return
+                if scope.cancelled_caught:
+                    await stream.aclose()
+                    return
+                await HttpConnection(self, tls_stream).serve()
+                return
             await HttpConnection(self, stream).serve()
         except Exception:
             # One broken connection must never take the relay down.
@@ -178,7 +216,8 @@ async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatu
             for listener in listeners:
                 conns.start_soon(app._accept, listener, conns, accepting)
             shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-            print(f"relay: listening on http://{shown}:{bound[1]}", file=sys.stderr, flush=True)
+            scheme = "https" if app.tls is not None else "http"
+            print(f"relay: listening on {scheme}://{shown}:{bound[1]}", file=sys.stderr, flush=True)
             task_status.started(app)
             await stop.wait()
             log.info("shutting down", extra={"fields": {"grace_s": grace}})

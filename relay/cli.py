@@ -48,6 +48,40 @@ async def _serve(config: Config) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _token(args: argparse.Namespace) -> int:
+    import time
+
+    from .route import parse_pattern
+    from .tokens import mint
+
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    try:
+        for channel in channels:
+            parse_pattern(channel)
+    except ValueError as exc:
+        print(f"relay: --channels: {exc}", file=sys.stderr)
+        return 2
+    if args.key:
+        try:
+            with open(args.key, "rb") as f:
+                key = f.read()
+            print(mint(key, channels, args.ttl, time.time(), private_pem=True, subject=args.sub))
+        except (OSError, ValueError, TypeError) as exc:
+            print(f"relay: --key: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    try:
+        config = load(args.config)
+    except ConfigError as error:
+        _report(error, args.config)
+        return 2
+    if config.jwt_key is None or config.jwt_is_public:
+        print("relay: the config has no auth.jwt_secret_env; pass --key PRIVATE.pem to sign RS256/ES256", file=sys.stderr)
+        return 2
+    print(mint(config.jwt_key, channels, args.ttl, time.time(), subject=args.sub))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relay", description="Relay webhooks to WebSocket and SSE subscribers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,7 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p_check = commands.add_parser("check", help="validate a config file")
     p_check.add_argument("-c", "--config", required=True, help="config file")
+    p_token = commands.add_parser("token", help="mint a JWT subscriber token for trying the relay")
+    p_token.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config whose auth.jwt_secret_env signs (HS256)")
+    p_token.add_argument("--key", help="PEM private key to sign with instead (RS256 or ES256)")
+    p_token.add_argument("--channels", required=True, help="comma-separated channels and patterns, e.g. 'github.*,demo'")
+    p_token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)")
+    p_token.add_argument("--sub", help="subject claim")
+    p_token.set_defaults(tool=_token)
+    from .tools import add_commands  # tail, forward, send: relay/tools.py
+
+    add_commands(commands)
     args = parser.parse_args(argv)
+    if getattr(args, "tool", None) is not None:
+        return args.tool(args)
 
     try:
         config = _load(args.config)

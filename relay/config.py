@@ -9,6 +9,7 @@ checked after decoding, all of them, before anything starts.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -43,6 +44,9 @@ class ServerConfig(_Section):
     max_connections: PositiveInt = 10_000
     shutdown_grace: PositiveFloat = 10.0
     ping_interval: PositiveFloat = 20.0
+    # Proxies (addresses or networks) whose X-Forwarded-For is believed for
+    # the client address in logs. Empty: only the socket's peer is logged.
+    trusted_proxies: list[str] = []
     tls: TLSConfig | None = None
 
 
@@ -116,6 +120,8 @@ class Config(Struct, frozen=True, kw_only=True):
     secrets: dict[str, tuple[bytes, ...]] = {}
     tokens: dict[str, tuple[str, ...]] = {}
     admin_token: str | None = None
+    jwt_key: bytes | None = None  # the HS256 secret, or the PEM public key
+    jwt_is_public: bool = False
 
 
 _SECTIONS: dict[str, type[Struct]] = {
@@ -229,6 +235,11 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
     server: ServerConfig = parts.get("server", ServerConfig())  # type: ignore[assignment]
     if "server" in parts and (why := _check_listen(server.listen)):
         problems.append(("server.listen", f"{server.listen!r}: {why}"))
+    for i, proxy in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            problems.append((f"server.trusted_proxies[{i}]", f"{proxy!r}: not an IP address or network"))
 
     secrets: dict[str, tuple[bytes, ...]] = {}
     for name, route in routes.items():
@@ -265,13 +276,25 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         secrets[name] = tuple(found)
 
     store: StoreConfig = parts.get("store", StoreConfig())  # type: ignore[assignment]
-    if store.engine == "redis" and not store.url.startswith(("redis://", "rediss://", "unix://")):
-        problems.append(("store.url", f"{store.url!r}: expected redis://HOST:PORT/DB"))
+    if store.engine == "redis":
+        from .store.redis import url_problem
+
+        if (why := url_problem(store.url)) is not None:
+            problems.append(("store.url", why))
     if server.tls is not None:
+        missing = False
         for field in ("cert", "key"):
             path = getattr(server.tls, field)
             if not os.path.isfile(path):
                 problems.append((f"server.tls.{field}", f"{path!r}: file not found"))
+                missing = True
+        if not missing:
+            from .tls import TLSConfigError, server_context
+
+            try:
+                server_context(server.tls.cert, server.tls.key)
+            except TLSConfigError as exc:
+                problems.append((f"server.tls.{exc.field}", str(exc)))
 
     auth: AuthConfig = parts.get("auth", AuthConfig())  # type: ignore[assignment]
     tokens: dict[str, tuple[str, ...]] = {}
@@ -293,14 +316,38 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         admin_token = env.get(auth.admin_token_env)
         if not admin_token:
             problems.append(("auth.admin_token_env", f"environment variable {auth.admin_token_env} is not set"))
+    jwt_key: bytes | None = None
+    jwt_is_public = False
+    if auth.jwt_secret_env is not None and auth.jwt_public_key is not None:
+        problems.append(("auth.jwt_public_key", "give jwt_secret_env or jwt_public_key, not both"))
+    elif auth.jwt_secret_env is not None:
+        value = env.get(auth.jwt_secret_env)
+        if not value:
+            problems.append(("auth.jwt_secret_env", f"environment variable {auth.jwt_secret_env} is not set"))
+        elif len(value.encode()) < 32:
+            problems.append(("auth.jwt_secret_env", "an HS256 secret needs at least 32 bytes (RFC 7518 3.2)"))
+        else:
+            jwt_key = value.encode()
+    elif auth.jwt_public_key is not None:
+        try:
+            with open(auth.jwt_public_key, "rb") as f:
+                jwt_key = f.read()
+            from .tokens import load_public_key
+
+            load_public_key(jwt_key)
+            jwt_is_public = True
+        except OSError as exc:
+            problems.append(("auth.jwt_public_key", f"{auth.jwt_public_key!r}: {exc.strerror}"))
+        except ValueError as exc:
+            problems.append(("auth.jwt_public_key", f"{auth.jwt_public_key!r}: {exc}"))
     for i, origin in enumerate(auth.origins or []):
         if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
             problems.append((f"auth.origins[{i}]", f"{origin!r}: expected scheme://host[:port], no path"))
 
     if problems:
         raise ConfigError(problems)
-    return Config(routes=routes, secrets=secrets, tokens=tokens, admin_token=admin_token,
-                  **parts)  # type: ignore[arg-type]
+    return Config(routes=routes, secrets=secrets, tokens=tokens, admin_token=admin_token, jwt_key=jwt_key,
+                  jwt_is_public=jwt_is_public, **parts)  # type: ignore[arg-type]
 
 
 def _pattern_ok(pattern: str) -> bool:

@@ -21,8 +21,10 @@ keep-alive connection is closed after ``IDLE_TIMEOUT``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote
@@ -74,6 +76,25 @@ def _request(event: h11.Request) -> Request:
         query=parse_qs(raw_query, keep_blank_values=True),
         headers=headers,
     )
+
+
+def forwarded_client(peer: str, forwarded_for: str | None, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """Walk X-Forwarded-For from the nearest hop while hops are trusted proxies."""
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return False
+        return any(ip in network for network in trusted)
+
+    if not forwarded_for or not is_trusted(peer):
+        return peer
+    client = peer
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        client = hop
+        if not is_trusted(hop):
+            break
+    return client
 
 
 class HttpConnection:
@@ -241,6 +262,15 @@ class HttpConnection:
                 await self._only_get(request)
                 ok = await self.app.ready()
                 await self.send(200 if ok else 503, b'{"status":"ok"}' if ok else b'{"status":"unavailable"}')
+            elif path == "/metrics":
+                from . import metrics
+                await metrics.answer(self, request)
+            elif path in ("/admin/routes", "/admin/channels"):
+                from . import admin
+                await admin.answer(self, request)
+            elif path == "/":
+                from . import inspector
+                await inspector.answer(self, request)
             else:
                 raise NotFound(f"nothing at {path[:200]!r}")
         except RelayError as error:
@@ -261,6 +291,16 @@ class HttpConnection:
     async def _only_get(self, request: Request) -> None:
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed(f"{request.method} is not allowed here", "GET")
+
+    def client_address(self, request: Request) -> str | None:
+        """The peer's address; behind a trusted proxy, the client it names in
+        X-Forwarded-For. The header of anyone else is ignored: it is a claim."""
+        stream = getattr(self.stream, "transport_stream", self.stream)
+        try:
+            peer = stream.socket.getpeername()[0]  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            return None
+        return forwarded_client(peer, request.headers.get("x-forwarded-for"), self.app.trusted_proxies)
 
     async def _webhook(self, request: Request, name: str) -> None:
         started = time.perf_counter()
@@ -296,7 +336,8 @@ class HttpConnection:
             status = 408
             raise
         finally:
-            app.webhook_done(name, route, status, appended, delivery, time.perf_counter() - started)
+            app.webhook_done(name, route, status, appended, delivery, time.perf_counter() - started,
+                             self.client_address(request))
 
     async def _websocket(self, request: Request) -> bool:
         from .ws import accept_websocket

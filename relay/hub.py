@@ -9,7 +9,7 @@ a broadcast to a thousand subscribers is one dict lookup and a loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ class Hub:
         self._cache: dict[str, tuple[Subscriber, ...]] = {}
         self.channels: dict[str, ChannelStats] = {}
         self.published = 0
+        # Called once per live event that had subscribers, after the fan-out
+        # (relay.metrics times delivery there, not per subscriber).
+        self.on_published: Callable[[Event], None] | None = None
 
     def _bucket(self, pattern: str) -> set[Subscriber]:
         if pattern == "*":
@@ -90,5 +93,8 @@ class Hub:
             stats.events += 1
             stats.last_id = event.id
             self.published += 1
-            for sub in self.targets(event.channel):
+            targets = self.targets(event.channel)
+            for sub in targets:
                 sub.offer(event)
+            if targets and self.on_published is not None:
+                self.on_published(event)

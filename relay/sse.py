@@ -10,7 +10,6 @@ EventSource comes back with ``Last-Event-ID``.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import h11
@@ -124,10 +123,10 @@ class SseSession:
         while not self.alarm.is_set():
             deadline = trio.current_time() + interval
             if expires is not None:
-                deadline = min(deadline, trio.current_time() + max(0.0, expires - time.time()))
+                deadline = min(deadline, trio.current_time() + max(0.0, expires - self.app.now()))
             with trio.move_on_at(deadline):
                 await self.alarm.wait()
-            if expires is not None and time.time() >= expires:
+            if expires is not None and self.app.now() >= expires:
                 return
             if not self.alarm.is_set():
                 self.sub.write(HEARTBEAT)

@@ -15,7 +15,6 @@ shutdown (1001), slow consumption (1013) or a lost peer.
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -152,6 +151,16 @@ class Session:
 
     def wake(self) -> None:
         self.alarm.set()
+
+    def refreshed(self, grant: Grant) -> None:
+        """A fresh token: it must still cover every current subscription."""
+        for pattern in self.sub.patterns:
+            if not grant.permits(pattern):
+                self.error("forbidden", f"the new token may not read {pattern!r}; nothing changed")
+                return
+        self.grant = grant
+        self.expires = grant.expires
+        self.send_json({"type": "refreshed", "expires": grant.expires})
 
     def send_json(self, obj: object) -> None:
         self.sub.write(envelope.ws_text_frame(envelope.encode(obj)))
@@ -309,10 +318,10 @@ class Session:
         while not self.alarm.is_set():
             deadline = next_ping
             if self.expires is not None:
-                deadline = min(deadline, trio.current_time() + max(0.0, self.expires - time.time()))
+                deadline = min(deadline, trio.current_time() + max(0.0, self.expires - self.app.now()))
             with trio.move_on_at(deadline):
                 await self.alarm.wait()
-            if self.expires is not None and time.time() >= self.expires:
+            if self.expires is not None and self.app.now() >= self.expires:
                 await self.close(4001, "token expired")
                 return
             if trio.current_time() >= next_ping and not self.alarm.is_set():

@@ -75,3 +75,15 @@ def test_prebuilt_frames_parse_as_one_text_message_in_a_real_websocket_parser(si
 def test_sse_messages_prefix_every_line_of_a_multiline_body():
     msg = sse_message("7", b'{"a":\n1}')
     assert msg == b'id: 7\ndata: {"a":\ndata: 1}\n\n'
+
+
+def test_the_client_address_comes_from_forwarded_for_only_through_trusted_proxies():
+    import ipaddress
+
+    from relay.http import forwarded_client
+
+    trusted = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32")]
+    assert forwarded_client("203.0.113.9", "1.2.3.4", trusted) == "203.0.113.9"  # untrusted peer: header ignored
+    assert forwarded_client("127.0.0.1", "198.51.100.7", trusted) == "198.51.100.7"
+    assert forwarded_client("127.0.0.1", "6.6.6.6, 198.51.100.7, 10.1.2.3", trusted) == "198.51.100.7"
+    assert forwarded_client("127.0.0.1", None, trusted) == "127.0.0.1"

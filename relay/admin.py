@@ -1,0 +1,116 @@
+"""``GET /admin/routes`` and ``GET /admin/channels``: what the relay holds, as JSON.
+
+Guarded by the admin token when ``auth.admin_token_env`` names one: the
+request must carry ``Authorization: Bearer <token>`` or gets 401. A configured
+variable that is unset or empty locks the admin views rather than opening
+them.
+
+The views are built from counters the relay keeps anyway (``App.webhooks``,
+``Hub.channels``, the sessions' patterns); building them costs the request,
+never the hot path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import TYPE_CHECKING, Any
+
+from . import envelope
+from .errors import MethodNotAllowed, NotFound, Unauthorized
+
+if TYPE_CHECKING:
+    from .app import App
+    from .http import HttpConnection, Request
+
+PATHS = ("/admin/routes", "/admin/channels")
+
+
+def admin_token(app: App) -> bytes | None:
+    """The token the admin views require, b"" when one is configured but unset,
+    None when none is configured."""
+    env = app.config.auth.admin_token_env
+    if env is None:
+        return None
+    # The config loader resolves the variable (``Config.admin_token``); the
+    # environment is the fallback for a loader that does not.
+    token = getattr(app.config, "admin_token", None) or os.environ.get(env, "")
+    return token.encode()
+
+
+def check_token(expected: bytes | None, authorization: str | None) -> None:
+    if expected is None:
+        return
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized("the admin views need Authorization: Bearer <admin token>")
+    # An unset token variable must not turn an empty guess into a match.
+    if not expected or not hmac.compare_digest(given.strip().encode(), expected):
+        raise Unauthorized("the admin token is wrong")
+
+
+def routes_view(app: App) -> dict[str, Any]:
+    by_route: dict[str, dict[str, int]] = {}
+    for (name, status), count in app.webhooks.items():
+        by_route.setdefault(name, {})[str(status)] = count
+    routes = []
+    for name, route in sorted(app.ingest.routes.items()):
+        statuses = by_route.get(name, {})
+        config = route.config
+        routes.append({
+            "route": name,
+            "path": f"/hooks/{name}",
+            "channel": config.channel,
+            "verify": config.verify,
+            "accepted": statuses.get("202", 0),
+            "duplicates": statuses.get("200", 0),
+            "rejected": sum(n for s, n in statuses.items() if int(s) >= 400),
+            "statuses": dict(sorted(statuses.items())),
+            "rate": config.rate,
+        })
+    unknown = by_route.get("", {})
+    return {"routes": routes, "unknown_route": sum(unknown.values())}
+
+
+def channels_view(app: App) -> dict[str, Any]:
+    hub = app.hub
+    patterns: dict[str, int] = {}
+    for session in list(app.sessions):
+        sub = getattr(session, "sub", None)
+        for pattern in getattr(sub, "patterns", ()):
+            patterns[pattern] = patterns.get(pattern, 0) + 1
+    names = set(hub.channels)
+    names.update(p for p in patterns if p != "*" and not p.endswith(".*"))
+    channels = []
+    for name in sorted(names):
+        stats = hub.channels.get(name)
+        channels.append({
+            "channel": name,
+            "subscribers": hub.subscriber_count(name),
+            "last_id": stats.last_id if stats else "",
+            "events": stats.events if stats else 0,
+        })
+    return {
+        "head": app.store.head,
+        "channels": channels,
+        "patterns": [{"pattern": p, "subscribers": n} for p, n in sorted(patterns.items())],
+    }
+
+
+async def answer(hc: HttpConnection, request: Request) -> None:
+    app = hc.app
+    if request.method != "GET":
+        raise MethodNotAllowed(f"{request.method} is not allowed here", "GET")
+    try:
+        check_token(admin_token(app), request.headers.get("authorization"))
+    except Unauthorized as error:
+        body = envelope.encode({"error": error.code, "detail": error.detail})
+        await hc.send(401, body, [("www-authenticate", 'Bearer realm="relay admin"')])
+        return
+    if request.path == "/admin/routes":
+        view = routes_view(app)
+    elif request.path == "/admin/channels":
+        view = channels_view(app)
+    else:
+        raise NotFound(f"nothing at {request.path[:200]!r}; try {' or '.join(PATHS)}")
+    await hc.send(200, envelope.encode(view), [("cache-control", "no-store")])

@@ -1,0 +1,126 @@
+"""``GET /metrics``: the relay's counters in the Prometheus text format.
+
+Counters that already exist as plain numbers in the app (webhooks by route
+and status, frames sent per transport, slow consumers, subscribers) are read
+when Prometheus scrapes, by a custom collector: the hot path pays nothing for
+them, and they never reset while the process lives because the numbers they
+read never do.
+
+The one series that needs work on the hot path is ``relay_delivery_seconds``,
+the time from receipt (``Event.received``, the trio clock when the webhook's
+request head was parsed) to send. It is observed once per live event, right
+after the hub has offered the event to every subscriber of its channel, that
+is, when each subscriber's copy was either handed to the kernel or queued.
+Observing per subscriber would cost one histogram update per frame (a lock
+and a bucket search each) and would make a broadcast to a thousand
+subscribers a thousand times dearer for a number that is nearly the same for
+all of them; what it would add (the time a frame waits in a slow consumer's
+queue) is what ``relay_slow_consumers_total`` reports. Events no subscriber
+wants are not observed: nothing was sent. Events replayed on resume are not
+observed either: their latency is the subscriber's absence, not the relay's.
+
+Each ``App`` has its own registry, so several relays can live in one process
+(the tests run many) without their series mixing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import trio
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from .errors import MethodNotAllowed
+
+if TYPE_CHECKING:
+    from .app import App
+    from .envelope import Event
+    from .http import HttpConnection, Request
+
+TRANSPORTS = ("ws", "sse")
+POLICIES = ("disconnect", "drop")
+# A relay on one host delivers in well under a millisecond; a loaded one, or
+# one whose store commits to a slow disk, in tens. The tail goes to seconds.
+DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def slow_key(policy: str) -> str:
+    """The key under which a subscriber counts its slow-consumer episodes in
+    the per-transport stats dict it shares with the app."""
+    return f"slow.{policy}"
+
+
+class _AppCollector(Collector):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        app = self.app
+        webhooks = CounterMetricFamily(
+            "relay_webhooks", "Webhooks answered, by route and HTTP status (route is empty for unknown routes).",
+            labels=["route", "status"])
+        stored = 0
+        for (route, status), count in sorted(app.webhooks.items()):
+            webhooks.add_metric([route, str(status)], count)
+            if status == 202:
+                stored += count
+        yield webhooks
+        # A 202 is sent only once the event is in the store: the 202s are
+        # exactly the events this relay stored (duplicates answer 200).
+        yield CounterMetricFamily("relay_events_stored", "Events this relay appended to the store.", value=stored)
+        stats = app.frames_sent
+        frames = CounterMetricFamily("relay_frames_sent", "Event frames sent to subscribers, by transport.",
+                                     labels=["transport"])
+        for transport in TRANSPORTS:
+            frames.add_metric([transport], stats.get(transport, 0))
+        yield frames
+        slow = CounterMetricFamily(
+            "relay_slow_consumers", "Subscribers whose queue overflowed: disconnected (1013) or events dropped.",
+            labels=["policy"])
+        for policy in POLICIES:
+            slow.add_metric([policy], stats.get(slow_key(policy), 0))
+        yield slow
+        subscribers = GaugeMetricFamily("relay_subscribers", "Connected subscribers, by transport.",
+                                        labels=["transport"])
+        counts = dict.fromkeys(TRANSPORTS, 0)
+        for session in list(app.sessions):
+            transport = getattr(getattr(session, "sub", None), "transport", "ws")
+            counts[transport] = counts.get(transport, 0) + 1
+        for transport, count in counts.items():
+            subscribers.add_metric([transport], count)
+        yield subscribers
+        yield GaugeMetricFamily("relay_channels", "Channels that carried an event since the start (bounded table).",
+                                value=len(app.hub.channels))
+
+
+class Metrics:
+    def __init__(self, app: App) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_AppCollector(app))
+        self.delivery = Histogram(
+            "relay_delivery_seconds", "Seconds from a webhook's receipt to its frames being sent or queued, per event.",
+            buckets=DELIVERY_BUCKETS, registry=self.registry)
+        self._observe = self.delivery.observe
+        app.hub.on_published = self.published
+
+    def published(self, event: Event) -> None:
+        """Called by the hub once per live event that had subscribers."""
+        if event.received:
+            self._observe(max(0.0, trio.current_time() - event.received))
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+async def answer(hc: HttpConnection, request: Request) -> None:
+    """``GET /metrics``; the format follows the scraper's Accept header."""
+    if request.method != "GET":
+        raise MethodNotAllowed(f"{request.method} is not allowed here", "GET")
+    body, content_type = hc.app.metrics.render(request.headers.get("accept", ""))
+    await hc.send(200, body, [("cache-control", "no-store")], content_type=content_type)
+
