@@ -104,6 +104,7 @@ class HttpConnection:
         self.app = app
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.head = False
 
     async def _next_event(self) -> h11.Event:
         while True:
@@ -122,7 +123,8 @@ class HttpConnection:
         if self.app.stopping.is_set():
             hs.append(("connection", "close"))
         data = self.conn.send(h11.Response(status_code=status, headers=hs))
-        data += self.conn.send(h11.Data(data=body)) if body else b""
+        if body and not self.head:  # a HEAD answer has the headers of GET, no body
+            data += self.conn.send(h11.Data(data=body))
         data += self.conn.send(h11.EndOfMessage())
         await self.stream.send_all(data)
 
@@ -246,6 +248,7 @@ class HttpConnection:
     async def _dispatch(self, request: Request) -> bool:
         """Answer one request; True when the connection was upgraded."""
         path = request.path
+        self.head = request.method == "HEAD"
         try:
             if path.startswith("/hooks/"):
                 await self._webhook(request, path[len("/hooks/"):])

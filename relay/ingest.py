@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from urllib.parse import parse_qs
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -56,8 +56,6 @@ class Route:
     validator: Validator | None = None
     bucket: TokenBucket | None = None
     forward: tuple[tuple[str, str], ...] = ()  # (lower-case name, name as configured)
-    accepted: int = 0
-    rejected: dict[int, int] = field(default_factory=dict)
 
     def prepare(self, headers: Mapping[str, str], body: bytes, now: float) -> Draft | Challenge:
         """Check one webhook and build its draft. ``headers`` are lower-cased.

@@ -189,3 +189,9 @@ async def test_a_form_body_is_carried_as_a_json_string_where_the_route_accepts_f
             assert r.status_code == 202, r.text
             event = json.loads(await ws.get_message())
             assert event["data"] == body.decode()
+
+
+async def test_head_requests_get_headers_without_a_body_and_keep_the_connection(relay, http):
+    r = await http.head(f"{relay.base}/healthz")
+    assert r.status_code == 200 and r.content == b""
+    assert (await http.get(f"{relay.base}/healthz")).json() == {"status": "ok"}

@@ -253,7 +253,10 @@ def slack_headers(ts: str = SLACK_TS, sig: str = SLACK_SIG) -> dict[str, str]:
 
 
 def test_slack_accepts_slacks_published_example_and_joins_timestamp_and_signature_for_dedupe():
-    assert verify(SLACK, lower(slack_headers()), SLACK_BODY, int(SLACK_TS) + 5) == f"{SLACK_TS}:{SLACK_SIG}"
+    # The delivery id joins the timestamp and a hash of the signature (it is
+    # logged and put in envelopes, so the signature itself stays out of it).
+    assert verify(SLACK, lower(slack_headers()), SLACK_BODY, int(SLACK_TS) + 5) == \
+        f"{SLACK_TS}:{hashlib.sha256(SLACK_SIG.encode()).hexdigest()[:32]}"
 
 
 def test_slack_sign_reproduces_the_published_signature():
@@ -263,7 +266,8 @@ def test_slack_sign_reproduces_the_published_signature():
 def test_slack_accepts_an_independently_computed_json_event():
     body = b'{"type":"url_verification","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}'
     sig = "v0=" + hexmac(SLACK_SECRET, f"v0:{NOW}:".encode() + body)
-    assert verify(SLACK, lower(slack_headers(str(NOW), sig)), body, NOW) == f"{NOW}:{sig}"
+    assert verify(SLACK, lower(slack_headers(str(NOW), sig)), body, NOW) == \
+        f"{NOW}:{hashlib.sha256(sig.encode()).hexdigest()[:32]}"
 
 
 def test_slack_refuses_a_tampered_body():
