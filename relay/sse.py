@@ -92,11 +92,7 @@ class SseSession:
                 self.nursery = nursery
                 nursery.start_soon(sub.run_writer)
                 nursery.start_soon(self._until_closed)
-                for pattern in patterns:
-                    app.hub.add(sub, pattern)
-                    sub.patterns.add(pattern)
-                if since is not None:
-                    sub.hold = []
+                sub.subscribe(app.hub, patterns, resuming=since is not None)
                 sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.store.head.encode() + b"\n\n"))
                 if since is not None:
                     nursery.start_soon(sub.replay, app.store, patterns, since)
@@ -109,8 +105,7 @@ class SseSession:
                         await sub.drained()
                 nursery.cancel_scope.cancel()
         finally:
-            app.hub.remove(sub, sub.patterns)
-            sub.closed = True
+            sub.detach(app.hub)
             app.sessions.discard(self)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()

@@ -19,11 +19,15 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
 from .envelope import Event
 from .route import matches
+
+if TYPE_CHECKING:
+    from .hub import Hub
 
 # Stored events read per query while replaying.
 _REPLAY_PAGE = 500
@@ -77,6 +81,27 @@ class Subscriber:
         self.on_trouble = on_trouble
         self._wake = trio.lowlevel.ParkingLot()
         self._drained = trio.lowlevel.ParkingLot()
+
+    # -- subscriptions --------------------------------------------------
+
+    def subscribe(self, hub: Hub, patterns: Sequence[str], resuming: bool) -> None:
+        """Register ``patterns`` with the hub. When ``resuming``, live events
+        are held from this moment until ``replay`` has run."""
+        for pattern in patterns:
+            if pattern not in self.patterns:
+                hub.add(self, pattern)
+                self.patterns.add(pattern)
+        if resuming and self.hold is None:
+            self.hold = []
+
+    def unsubscribe(self, hub: Hub, pattern: str) -> None:
+        if pattern in self.patterns:
+            self.patterns.discard(pattern)
+            hub.discard(self, pattern)
+
+    def detach(self, hub: Hub) -> None:
+        hub.remove(self, self.patterns)
+        self.closed = True
 
     # -- called by the hub ----------------------------------------------
 

@@ -178,19 +178,14 @@ class Session:
                 nursery.start_soon(self._supervise)
                 # Everything from here to the welcome is synchronous: the
                 # head id in the welcome is exactly where live delivery starts.
-                for pattern in patterns:
-                    app.hub.add(sub, pattern)
-                    sub.patterns.add(pattern)
-                if since is not None and patterns:
-                    sub.hold = []
+                sub.subscribe(app.hub, patterns, resuming=since is not None and bool(patterns))
                 self.send_json({"type": "welcome", "id": app.store.head, "channels": patterns})
                 if since is not None and patterns:
                     self._request(("resume", ",".join(patterns), since))
                 await self._reader()
                 nursery.cancel_scope.cancel()
         finally:
-            app.hub.remove(sub, sub.patterns)
-            sub.closed = True
+            sub.detach(app.hub)
             app.sessions.discard(self)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
@@ -284,9 +279,7 @@ class Session:
             self.error("bad_channel", str(exc))
             return
         if kind == "unsubscribe":
-            if pattern in sub.patterns:
-                sub.patterns.discard(pattern)
-                app.hub.discard(sub, pattern)
+            sub.unsubscribe(app.hub, pattern)
             self.send_json({"type": "unsubscribed", "channel": pattern})
             return
         if since is not None:
@@ -300,11 +293,7 @@ class Session:
         except RelayError as exc:
             self.error(exc.code, exc.detail)
             return
-        if pattern not in sub.patterns:
-            app.hub.add(sub, pattern)
-            sub.patterns.add(pattern)
-        if since is not None:
-            sub.hold = [] if sub.hold is None else sub.hold
+        sub.subscribe(app.hub, [pattern], resuming=since is not None)
         self.send_json({"type": "subscribed", "channel": pattern, "id": app.store.head})
         if since is not None:
             await sub.replay(app.store, [pattern], since)

@@ -72,3 +72,22 @@ class Store:
     async def close(self) -> None:
         """Flush what is pending and stop; ``append`` fails afterwards."""
         raise NotImplementedError
+
+
+class SeqLog(Store):
+    """What the embedded engines share: ids are decimal sequence numbers, and
+    retention keeps the log a contiguous suffix, so "lost after k" is simply
+    "something newer than k was dropped"."""
+
+    _seq: int
+    _pruned: int
+
+    @property
+    def head(self) -> str:
+        return str(self._seq) if self._seq else ""
+
+    def parse_id(self, event_id: str) -> int:
+        return parse_seq(event_id)
+
+    def lost_after(self, key: object) -> bool:
+        return self._pruned > key  # type: ignore[operator]

@@ -13,10 +13,10 @@ import trio
 
 from ..config import StoreConfig
 from ..envelope import Draft, Event, encode_envelope
-from .base import Appended, Store, StoreUnavailable, parse_seq, selects
+from .base import Appended, SeqLog, StoreUnavailable, selects
 
 
-class MemoryStore(Store):
+class MemoryStore(SeqLog):
     def __init__(self, config: StoreConfig, publish: Callable[[list[Event]], None]) -> None:
         self.config = config
         self.publish = publish
@@ -29,16 +29,6 @@ class MemoryStore(Store):
         self._pruned = 0  # newest seq dropped by retention
         self._deliveries: dict[str, tuple[Event, int]] = {}  # key -> (first event, ts ms)
         self._closed = False
-
-    @property
-    def head(self) -> str:
-        return str(self._seq) if self._seq else ""
-
-    def parse_id(self, event_id: str) -> int:
-        return parse_seq(event_id)
-
-    def lost_after(self, key: object) -> bool:
-        return self._pruned > key  # type: ignore[operator]
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

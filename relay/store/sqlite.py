@@ -19,7 +19,7 @@ import trio
 
 from ..config import StoreConfig
 from ..envelope import Draft, Event, encode_envelope
-from .base import Appended, Store, StoreUnavailable, parse_seq
+from .base import Appended, SeqLog, StoreUnavailable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -78,7 +78,7 @@ class _Batch:
         self.error: BaseException | None = None
 
 
-class SqliteStore(Store):
+class SqliteStore(SeqLog):
     def __init__(self, config: StoreConfig, publish: Callable[[list[Event]], None]) -> None:
         self.config = config
         self.publish = publish
@@ -97,16 +97,6 @@ class SqliteStore(Store):
         self.commits = 0  # transactions committed, for tests and metrics
 
     # -- state -----------------------------------------------------------
-
-    @property
-    def head(self) -> str:
-        return str(self._seq) if self._seq else ""
-
-    def parse_id(self, event_id: str) -> int:
-        return parse_seq(event_id)
-
-    def lost_after(self, key: object) -> bool:
-        return self._pruned > key  # type: ignore[operator]
 
     # -- lifecycle -------------------------------------------------------
 
