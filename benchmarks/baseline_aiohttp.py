@@ -103,7 +103,7 @@ class Relay:
         ws = web.WebSocketResponse(protocols=("relay.v1",), heartbeat=20.0)
         await ws.prepare(request)
         sub = Subscriber(ws)
-        await ws.send_str(json.dumps({"type": "welcome", "id": self.head, "channels": channels}))
+        await ws.send_str(json.dumps({"type": "welcome", "id": self.head, "channels": channels}, separators=(",", ":")))
         if since is not None:
             after = int(since or 0)
             for seq, channel, text in list(self.events):

@@ -132,8 +132,15 @@ static int64_t parse_id_after(const char *p, const char *end, const char *key) {
     /* The decimal id in `key"NNN"` (key like "\"id\":"), or -1. */
     size_t klen = strlen(key);
     const char *k = memmem(p, end - p, key, klen);
+    if (!k && key[klen - 1] == ':') { /* tolerate "id": "1" */
+        char spaced[32];
+        snprintf(spaced, sizeof spaced, "%.*s ", (int)(klen - 1), key);
+        k = memmem(p, end - p, spaced, klen);
+        if (k) klen++;
+    }
     if (!k) return -1;
     k += klen;
+    while (k < end && *k == ' ') k++;
     if (k < end && *k == '"') k++;
     if (k < end && *k == '"') return 0; /* "" : empty store */
     int64_t v = 0;
@@ -182,7 +189,8 @@ static void carry_append(sub_t *s, const char *p, size_t n) {
 
 static void on_text(sub_t *s, const char *p, size_t n, uint64_t t_recv) {
     const char *end = p + n;
-    if (n > 15 && memcmp(p, "{\"type\":\"event\"", 15) == 0) {
+    size_t lead = n < 24 ? n : 24;
+    if (memmem(p, lead, "\"event\"", 7)) {
         int64_t id = parse_id_after(p, end, "\"id\":");
         if (s->frames == 0) s->first = id;
         else if (id != s->last + 1) s->disorder++;
@@ -198,7 +206,7 @@ static void on_text(sub_t *s, const char *p, size_t n, uint64_t t_recv) {
             while (t < end && *t >= '0' && *t <= '9') v = v * 10 + (*t++ - '0');
             hist_add(lat, (int64_t)(t_recv - v));
         }
-    } else if (n > 17 && memcmp(p, "{\"type\":\"welcome\"", 17) == 0) {
+    } else if (memmem(p, lead, "\"welcome\"", 9)) {
         s->head = parse_id_after(p, end, "\"id\":");
         s->last = s->head;
         s->t_welcome = t_recv;
@@ -435,6 +443,27 @@ static int sub_main(int argc, char **argv) {
             if (done || now_ns() > deadline) break;
         }
     }
+    /* What reached the stalled subscribers: read what the kernel holds. */
+    uint64_t keep_frames = total_frames, keep_bytes = total_bytes, keep_last = t_last_frame;
+    hist_t *keep_lat = lat;
+    lat = calloc(1, sizeof(hist_t));
+    uint64_t stalled_frames = 0;
+    int stalled_1013 = 0, stalled_eof = 0;
+    for (int j = 0; j < nsubs; j++) {
+        sub_t *s = &subs[j];
+        if (!s->stalled || s->state != S_STALLED) continue;
+        s->state = S_OPEN;
+        for (int tries = 0; tries < 100000; tries++) {
+            ssize_t r = read(s->fd, rbuf, sizeof rbuf);
+            if (r == 0) { stalled_eof++; break; }
+            if (r < 0) break;
+            sub_feed(s, rbuf, r, now_ns());
+        }
+        stalled_frames += s->frames;
+        if (s->close_code == 1013) stalled_1013++;
+    }
+    free(lat);
+    lat = keep_lat, total_frames = keep_frames, total_bytes = keep_bytes, t_last_frame = keep_last;
     /* Completeness over the subscribers that read (stalled ones excluded). */
     uint64_t expect = want_last >= want_first ? (uint64_t)(want_last - want_first + 1) : 0;
     int complete = 0, closed = 0, short_ = 0, disordered = 0, stalled_closed = 0;
@@ -456,12 +485,12 @@ static int sub_main(int argc, char **argv) {
     printf("{\"subscribers\":%d,\"reading\":%d,\"complete\":%d,\"incomplete\":%d,\"disordered\":%d,\"closed\":%d,"
            "\"expect_per_sub\":%llu,\"min_frames\":%llu,\"max_frames\":%llu,\"frames\":%llu,\"bytes\":%llu,"
            "\"other_frames\":%llu,\"t_go_ns\":%llu,\"t_last_frame_ns\":%llu,\"window_s\":%.4f,\"cpu_s\":%.4f,"
-           "\"timed_out\":%s,",
+           "\"timed_out\":%s,\"stalled_frames\":%llu,\"stalled_1013\":%d,\"stalled_eof\":%d,",
            nsubs, nsubs - nstall, complete, short_, disordered, closed, (unsigned long long)expect,
            (unsigned long long)(min_frames == UINT64_MAX ? 0 : min_frames), (unsigned long long)max_frames,
            (unsigned long long)total_frames, (unsigned long long)total_bytes, (unsigned long long)other_frames,
            (unsigned long long)t_go, (unsigned long long)t_last_frame, window, cpu_s() - cpu_go,
-           now_ns() > deadline ? "true" : "false");
+           now_ns() > deadline ? "true" : "false", (unsigned long long)stalled_frames, stalled_1013, stalled_eof);
     hist_json("latency", lat);
     printf("}\n");
     fflush(stdout);

@@ -1,0 +1,543 @@
+"""The benchmark suite: the relay and the aiohttp baseline, same scenarios, one run.
+
+    .venv/bin/python -m benchmarks.run            # the full suite, ~10 minutes
+    .venv/bin/python -m benchmarks.run --quick    # a short pass, under 2 minutes
+    .venv/bin/python -m benchmarks.run --only fanout --subs 1000 --sizes 1024
+
+Each scenario starts a fresh server (the relay, then the baseline in
+``baseline_aiohttp.py``) pinned to core 0, and the load (``load.c``, compiled
+here with gcc into a temporary directory) pinned to core 1. The subscribers
+connect first; then the publisher POSTs webhooks whose JSON body carries its
+CLOCK_MONOTONIC send time, and the subscriber client records, per frame, the
+time its read returned. Every run checks completeness: every reading
+subscriber got every acknowledged event exactly once, in order, by id. The
+server's CPU comes from /proc/PID/stat over the measured window, its peak
+memory from VmHWM; the clients report their own CPU. The table gives each
+figure for both servers and the ratio relay/baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CHANNEL = "bench"
+
+SERVER_CORE = {0}
+LOAD_CORE = {1} if os.cpu_count() and os.cpu_count() > 1 else {0}
+
+RELAY_CONFIG = """\
+[server]
+listen = "127.0.0.1:0"
+max_connections = 20000
+shutdown_grace = 2.0
+
+[log]
+level = "{level}"
+
+[store]
+engine = "{engine}"
+path = "{path}"
+
+[routes.bench]
+channel = "bench"
+verify = "none"
+"""
+
+
+# ---------------------------------------------------------------- processes
+
+
+def pin(cores: set[int]):
+    def apply() -> None:
+        os.sched_setaffinity(0, cores)
+
+    return apply
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A VmXXX line of /proc/PID/status, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def core_busy(core: int) -> float:
+    """Busy seconds of one core (user, nice, system, irq, softirq, steal) from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                v = [int(x) for x in line.split()[1:9]]
+                return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK
+    return 0.0
+
+
+def raise_nofile(want: int = 30000) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Server:
+    """One relay or baseline process on core 0, listening on a port it picked."""
+
+    def __init__(self, kind: str, tmp: Path, engine: str = "memory", log_level: str = "warning") -> None:
+        self.kind = kind
+        self.log = tmp / f"{kind}-{time.monotonic_ns()}.log"
+        if kind == "relay":
+            config = tmp / f"relay-{engine}.toml"
+            db = tmp / f"relay-{time.monotonic_ns()}.db"
+            config.write_text(RELAY_CONFIG.format(level=log_level, engine=engine, path=db))
+            cmd = [sys.executable, "-m", "relay", "serve", "-c", str(config)]
+        else:
+            cmd = [sys.executable, str(HERE / "baseline_aiohttp.py"), "--port", "0"]
+        self.err = open(self.log, "w+")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.err,
+                                     preexec_fn=pin(SERVER_CORE))
+        self.port = self._wait_port()
+        self.rss_start = proc_status(self.proc.pid, "VmRSS")
+
+    def _wait_port(self) -> int:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = self.log.read_text()
+            marker = "listening on http://127.0.0.1:"
+            if marker in text:
+                return int(text.split(marker, 1)[1].split()[0])
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited at start:\n{text[-2000:]}")
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.kind} did not report its port:\n{self.log.read_text()[-2000:]}")
+
+    def cpu(self) -> tuple[float, float]:
+        return proc_cpu(self.proc.pid)
+
+    def rss(self) -> int:
+        return proc_status(self.proc.pid, "VmRSS")
+
+    def peak(self) -> int:
+        return proc_status(self.proc.pid, "VmHWM")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+
+    def tail(self) -> str:
+        return self.log.read_text()[-1500:]
+
+
+class Subscribers:
+    """The compiled subscriber client on core 1: N websockets, counted frames."""
+
+    def __init__(self, load: Path, port: int, n: int, stall: int = 0, inflight: int = 500) -> None:
+        cmd = [str(load), "sub", "127.0.0.1", str(port), CHANNEL, str(n), "--stall", str(stall),
+               "--inflight", str(inflight), "--connect-timeout", "60"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=pin(LOAD_CORE))
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.proc.stdout, selectors.EVENT_READ)
+
+    def line(self, timeout: float) -> dict[str, Any]:
+        if not self.sel.select(timeout):
+            raise TimeoutError("the subscriber client did not answer in time")
+        text = self.proc.stdout.readline()
+        if not text:
+            raise RuntimeError("the subscriber client exited")
+        return json.loads(text)
+
+    def tell(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def publish(load: Path, port: int, *, count: int, seconds: float, rate: float = 0, conns: int = 4,
+            size: int = 1024, newconn: bool = False) -> dict[str, Any]:
+    cmd = [str(load), "pub", "127.0.0.1", str(port), CHANNEL, "--count", str(count), "--seconds", str(seconds),
+           "--rate", str(rate), "--conns", str(conns), "--size", str(size), "--newconn", "1" if newconn else "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=pin(LOAD_CORE))
+    if out.returncode != 0 or not out.stdout.strip():
+        raise RuntimeError(f"publisher failed: {out.stderr[-500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Result:
+    ok: bool = True
+    error: str = ""
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def fanout(load: Path, tmp: Path, kind: str, *, subs: int, size: int, rate: float, seconds: float,
+           count: int, stall: int = 0, conns: int = 4, drain: float = 20.0) -> Result:
+    server = Server(kind, tmp)
+    client = None
+    res = Result()
+    try:
+        client = Subscribers(load, server.port, subs, stall=stall)
+        ready = client.line(90)
+        if ready.get("ready") != subs:
+            raise RuntimeError(f"only {ready.get('ready')} of {subs} subscribers connected: {ready}")
+        time.sleep(0.2)  # let the server settle its post-handshake work
+        rss_conn = server.rss()
+        client.tell("go")
+        wall0 = time.monotonic()
+        cpu0 = server.cpu()
+        core0, core1 = core_busy(min(SERVER_CORE)), core_busy(min(LOAD_CORE))
+        pub = publish(load, server.port, count=count, seconds=seconds, rate=rate, conns=conns, size=size)
+        if pub["acked"] == 0:
+            raise RuntimeError(f"no webhook acknowledged: {pub}")
+        client.tell(f"wait {pub['min_id']} {pub['max_id']} {drain}")
+        got = client.line(drain + 15)
+        (u1, s1), (u0, s0) = server.cpu(), cpu0
+        cpu = u1 + s1 - u0 - s0
+        other = core_busy(min(SERVER_CORE)) - core0 - cpu
+        other1 = core_busy(min(LOAD_CORE)) - core1 - got["cpu_s"] - pub["cpu_s"]
+        wall = time.monotonic() - wall0
+        frames = got["frames"]
+        span = max(1e-9, (got["t_last_frame_ns"] - pub["t0_ns"]) / 1e9)
+        contiguous = pub["acked"] == pub["max_id"] - pub["min_id"] + 1
+        res.ok = contiguous and got["complete"] == got["reading"] and not got["timed_out"]
+        if not res.ok:
+            res.error = (f"{got['complete']}/{got['reading']} complete, frames/sub {got['min_frames']}.."
+                         f"{got['max_frames']} of {got['expect_per_sub']}, closed {got['closed']}, "
+                         f"acked ids contiguous: {contiguous}, timed out: {got['timed_out']}")
+        lat = got["latency"]
+        res.values = {
+            "events": pub["acked"],
+            "rate": pub["acked"] / pub["elapsed_s"],
+            "frames": frames,
+            "frames_s": frames / span,
+            "us_frame": cpu / frames * 1e6 if frames else None,
+            "srv_cpu": cpu / wall,
+            "srv_sys": (s1 - s0) / cpu if cpu else None,
+            "other": max(0.0, other / wall),
+            "other1": max(0.0, other1 / wall),
+            "cli_cpu": (got["cpu_s"] + pub["cpu_s"]) / wall,
+            "p50": lat["p50_ms"], "p90": lat["p90_ms"], "p99": lat["p99_ms"], "p999": lat["p999_ms"],
+            "max": lat["max_ms"],
+            "peak_mb": server.peak() / 2**20,
+            "conn_kb": (rss_conn - server.rss_start) / subs / 1024,
+            "connect_s": ready["connect_s"],
+            "connect_rate": subs / ready["connect_s"] if ready["connect_s"] else None,
+            "handshake_p99": ready["handshake"]["p99_ms"],
+            "behind": pub["behind"],
+            "stalled": (f"{got['stalled_frames']} frames, closed 1013: {bool(got['stalled_1013'])}"
+                        if stall else None),
+        }
+    except Exception as exc:  # noqa: BLE001 - a failed scenario is a row, not a crash
+        res.ok = False
+        res.error = f"{type(exc).__name__}: {exc}"
+        if server.proc.poll() is not None:
+            res.error += "\n" + server.tail()
+    finally:
+        if client:
+            client.close()
+        server.stop()
+    return res
+
+
+def ingest(load: Path, tmp: Path, kind: str, *, engine: str, newconn: bool, seconds: float, count: int,
+           size: int = 1024, conns: int = 16, log_level: str = "warning") -> Result:
+    server = Server(kind, tmp, engine=engine, log_level=log_level)
+    res = Result()
+    try:
+        wall0 = time.monotonic()
+        cpu0 = server.cpu()
+        core0, core1 = core_busy(min(SERVER_CORE)), core_busy(min(LOAD_CORE))
+        pub = publish(load, server.port, count=count, seconds=seconds, conns=conns, size=size, newconn=newconn)
+        (u1, s1), (u0, s0) = server.cpu(), cpu0
+        cpu = u1 + s1 - u0 - s0
+        other = core_busy(min(SERVER_CORE)) - core0 - cpu
+        other1 = core_busy(min(LOAD_CORE)) - core1 - pub["cpu_s"]
+        wall = time.monotonic() - wall0
+        contiguous = pub["acked"] == pub["max_id"] - pub["min_id"] + 1
+        res.ok = pub["acked"] == pub["sent"] and contiguous and pub["acked"] > 0
+        if not res.ok:
+            res.error = f"sent {pub['sent']}, acked {pub['acked']}, bad {pub['bad_status']}, errors {pub['errors']}"
+        ack = pub["ack"]
+        res.values = {
+            "events": pub["acked"],
+            "hooks_s": pub["acked"] / pub["elapsed_s"],
+            "us_hook": cpu / pub["acked"] * 1e6 if pub["acked"] else None,
+            "srv_cpu": cpu / wall,
+            "srv_sys": (s1 - s0) / cpu if cpu else None,
+            "other": max(0.0, other / wall),
+            "other1": max(0.0, other1 / wall),
+            "cli_cpu": pub["cpu_s"] / wall,
+            "p50": ack["p50_ms"], "p99": ack["p99_ms"], "max": ack["max_ms"],
+            "peak_mb": server.peak() / 2**20,
+        }
+    except Exception as exc:  # noqa: BLE001
+        res.ok = False
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        server.stop()
+    return res
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass
+class Scenario:
+    group: str
+    name: str
+    run: Any  # (kind) -> Result
+    columns: list[str]
+    ratio: list[str]  # columns that get a relay/baseline ratio
+    kinds: tuple[str, ...] = ("relay", "baseline")
+    results: dict[str, Result] = field(default_factory=dict)
+
+
+FANOUT_COLS = ["events", "frames_s", "us_frame", "srv_cpu", "srv_sys", "cli_cpu", "p50", "p99", "max", "peak_mb", "other", "other1"]
+LAT_COLS = ["events", "rate", "frames_s", "us_frame", "srv_cpu", "cli_cpu", "p50", "p90", "p99", "p999", "max", "peak_mb", "other", "other1"]
+INGEST_COLS = ["events", "hooks_s", "us_hook", "srv_cpu", "srv_sys", "cli_cpu", "p50", "p99", "peak_mb", "other", "other1"]
+CONNECT_COLS = ["connect_s", "connect_rate", "handshake_p99", "conn_kb", "peak_mb"]
+
+
+def size_name(size: int) -> str:
+    return f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
+
+
+def plan(args: argparse.Namespace, load: Path, tmp: Path) -> list[Scenario]:
+    quick = args.quick
+    subs_list = args.subs or ([100, 1000] if quick else [1, 100, 1000, 10000])
+    sizes = args.sizes or ([1024] if quick else [100, 1024, 16384])
+    only = set(args.only.split(",")) if args.only else {"fanout", "latency", "stall", "ingest", "connect"}
+    sat_s = 1.0 if quick else 2.0
+    out: list[Scenario] = []
+    if "fanout" in only:
+        for n in subs_list:
+            for size in sizes:
+                count = {1: 200_000, 100: 50_000, 1000: 5_000, 10000: 500}.get(n, 5_000)
+                if size >= 16384:
+                    count = max(50, count // 4)
+                out.append(Scenario(
+                    "fan-out, saturating (4 publisher connections)", f"{n} subs x {size_name(size)}",
+                    lambda kind, n=n, size=size, count=count: fanout(
+                        load, tmp, kind, subs=n, size=size, rate=0, seconds=sat_s, count=count),
+                    FANOUT_COLS, ["frames_s", "us_frame", "p99", "peak_mb"]))
+    if "latency" in only:
+        rates = [(1, 1000, 3), (100, 1000, 3), (1000, 50, 4), (10000, 10, 5)]
+        if quick:
+            rates = [(100, 1000, 2), (1000, 50, 2)]
+        for n, rate, secs in rates:
+            if args.subs and n not in args.subs:
+                continue
+            out.append(Scenario(
+                "end-to-end latency at a fixed rate, 1 KiB (POST sent -> frame read)", f"{n} subs x {rate}/s",
+                lambda kind, n=n, rate=rate, secs=secs: fanout(
+                    load, tmp, kind, subs=n, size=1024, rate=rate, seconds=secs, count=rate * secs),
+                LAT_COLS, ["us_frame", "p50", "p99", "p999", "max"]))
+    if "stall" in only:
+        secs = 2 if quick else 4
+        for stall in (0, 1):
+            out.append(Scenario(
+                f"one stalled subscriber among 100, 1 KiB x 1000/s for {secs} s (latency of the 99 that read)",
+                "no stalled subscriber" if not stall else "1 stalled subscriber",
+                lambda kind, stall=stall: fanout(
+                    load, tmp, kind, subs=100, size=1024, rate=1000, seconds=secs, count=1000 * secs, stall=stall)
+                if stall else _first99(load, tmp, kind, secs),
+                LAT_COLS + ["stalled"], ["p50", "p99", "max"]))
+    if "ingest" in only:
+        secs = 1.5 if quick else 3.0
+        for newconn in (False, True):
+            mode = "new connection per webhook" if newconn else "keep-alive"
+            for engine in ("memory", "sqlite"):
+                if quick and newconn and engine == "sqlite":
+                    continue
+                out.append(Scenario(
+                    "ingest alone, 1 KiB JSON, 16 connections, no subscribers (ratios against the baseline's "
+                    "in-memory list)", f"{mode}, relay store {engine}",
+                    lambda kind, engine=engine, newconn=newconn: ingest(
+                        load, tmp, kind, engine=engine if kind == "relay" else "memory", newconn=newconn,
+                        seconds=secs, count=200_000),
+                    INGEST_COLS, ["hooks_s", "us_hook", "p99"],
+                    kinds=("relay", "baseline")))
+        if not quick:
+            out.append(Scenario(
+                "ingest alone, 1 KiB JSON, 16 connections, no subscribers (ratios against the baseline's "
+                "in-memory list)", "keep-alive, relay store memory, relay log level info",
+                lambda kind: ingest(load, tmp, kind, engine="memory", newconn=False, seconds=secs,
+                                    count=200_000, log_level="info"),
+                INGEST_COLS, ["hooks_s", "us_hook", "p99"], kinds=("relay",)))
+    if "connect" in only:
+        n = 10000
+        out.append(Scenario(
+            "connect storm and idle memory: 10,000 subscribers, 500 handshakes in flight, then 20 events",
+            f"{n} subs",
+            lambda kind: fanout(load, tmp, kind, subs=n, size=100, rate=20, seconds=1, count=20),
+            CONNECT_COLS, ["connect_rate", "handshake_p99", "conn_kb", "peak_mb"]))
+    return out
+
+
+def _first99(load: Path, tmp: Path, kind: str, secs: int) -> Result:
+    # The comparison run: the same 100 connections, all reading.
+    return fanout(load, tmp, kind, subs=100, size=1024, rate=1000, seconds=secs, count=1000 * secs)
+
+
+# ---------------------------------------------------------------- the table
+
+HEAD = {
+    "events": "events", "rate": "events/s", "frames_s": "frames/s", "us_frame": "srv us/frame",
+    "srv_cpu": "srv CPU", "srv_sys": "of it kernel", "cli_cpu": "load CPU", "p50": "p50 ms", "p90": "p90 ms", "p99": "p99 ms",
+    "p999": "p99.9 ms", "max": "max ms", "peak_mb": "peak MB", "hooks_s": "webhooks/s", "us_hook": "srv us/hook",
+    "connect_s": "connect s", "connect_rate": "conn/s", "handshake_p99": "handshake p99 ms",
+    "conn_kb": "KB/conn", "behind": "behind", "other": "other on core 0", "other1": "other on core 1", "stalled": "the stalled one got",
+}
+
+
+def fmt(key: str, v: Any) -> str:
+    if v is None:
+        return "-"
+    if key in ("srv_cpu", "cli_cpu", "srv_sys", "other", "other1"):
+        return f"{v * 100:.0f}%"
+    if key in ("events",):
+        return f"{v:,}"
+    if key in ("frames_s", "hooks_s", "rate", "connect_rate"):
+        return f"{v:,.0f}"
+    if key in ("peak_mb", "conn_kb"):
+        return f"{v:,.1f}"
+    if isinstance(v, float):
+        return f"{v:.3f}" if v < 10 else f"{v:,.1f}"
+    return str(v)
+
+
+def render(scenarios: list[Scenario]) -> str:
+    lines: list[str] = []
+    group = None
+    for sc in scenarios:
+        if sc.group != group:
+            group = sc.group
+            lines += ["", f"### {group}", ""]
+            cols = ["scenario", "server", *[HEAD[c] for c in sc.columns], "complete"]
+            lines.append("| " + " | ".join(cols) + " |")
+            lines.append("|" + "---|" * len(cols))
+        for kind in sc.kinds:
+            r = sc.results.get(kind)
+            if r is None:
+                continue
+            cells = [sc.name if kind == sc.kinds[0] else "", kind]
+            cells += [fmt(c, r.values.get(c)) for c in sc.columns]
+            cells.append("yes" if r.ok else "NO")
+            lines.append("| " + " | ".join(cells) + " |")
+        rel, base = sc.results.get("relay"), sc.results.get("baseline")
+        if rel and base and rel.values and base.values:
+            cells = ["", "relay/baseline"]
+            for c in sc.columns:
+                a, b = rel.values.get(c), base.values.get(c)
+                cells.append(f"{a / b:.2f}x" if c in sc.ratio and a is not None and b else "")
+            cells.append("")
+            lines.append("| " + " | ".join(cells) + " |")
+    failures = [(sc, k, r) for sc in scenarios for k, r in sc.results.items() if not r.ok]
+    if failures:
+        lines += ["", "Incomplete or failed runs:"]
+        for sc, kind, r in failures:
+            lines.append(f"- {sc.name} ({kind}): {r.error.strip().splitlines()[0] if r.error else '?'}")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30
+    return (f"{os.cpu_count()} cores ({model or 'unknown CPU'}), {mem:.0f} GiB, Linux {os.uname().release}, "
+            f"Python {sys.version.split()[0]}; server on core {min(SERVER_CORE)}, load on core {min(LOAD_CORE)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark the relay against an aiohttp baseline.")
+    parser.add_argument("--quick", action="store_true", help="a short pass (under 2 minutes)")
+    parser.add_argument("--only", help="comma-separated: fanout,latency,stall,ingest,connect")
+    parser.add_argument("--subs", type=lambda s: [int(x) for x in s.split(",")], help="subscriber counts")
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="event body sizes, bytes")
+    parser.add_argument("--servers", default="relay,baseline", help="relay,baseline (default both)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each scenario N times per server; keep the try with the least other load on the two cores")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    args = parser.parse_args(argv)
+
+    nofile = raise_nofile()
+    if shutil.which("gcc") is None:
+        print("benchmarks: gcc is needed to build the load client", file=sys.stderr)
+        return 2
+    os.sched_setaffinity(0, LOAD_CORE)
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        load = tmp / "load"
+        subprocess.run(["gcc", "-O2", "-o", str(load), str(HERE / "load.c")], check=True)
+        scenarios = plan(args, load, tmp)
+        kinds = set(args.servers.split(","))
+        started = time.monotonic()
+        print(f"# {machine()}; open files limit {nofile}", flush=True)
+        for sc in scenarios:
+            for kind in sc.kinds:
+                if kind not in kinds:
+                    continue
+                t = time.monotonic()
+                tries = [sc.run(kind) for _ in range(max(1, args.repeat))]
+                r = sc.results[kind] = min(tries, key=lambda t: (not t.ok, (t.values.get("other") or 0.0) + (t.values.get("other1") or 0.0)))
+                status = "ok" if r.ok else f"INCOMPLETE: {r.error.strip().splitlines()[0] if r.error else ''}"
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.values.items()
+                         if k in sc.columns}
+                print(f"{sc.name:<45} {kind:<8} {time.monotonic() - t:5.1f}s {status} {shown}",
+                      file=sys.stderr, flush=True)
+        print(render(scenarios))
+        print(f"\n(total {time.monotonic() - started:.0f} s)")
+        if args.json:
+            args.json.write_text(json.dumps(
+                [{"group": sc.group, "name": sc.name,
+                  "results": {k: {"ok": r.ok, "error": r.error, **r.values} for k, r in sc.results.items()}}
+                 for sc in scenarios], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
