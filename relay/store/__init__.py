@@ -23,6 +23,10 @@ def open_store(config: StoreConfig, publish: Callable[[list], None]) -> Store:
         from .sqlite import SqliteStore
 
         return SqliteStore(config, publish)
+    if config.engine == "redis":
+        from .redis import RedisStore
+
+        return RedisStore(config, publish)
     raise NotImplementedError(f"store.engine = {config.engine!r} is not available yet")
 
 

@@ -1,0 +1,555 @@
+"""The cluster engine: one event log in a Redis stream, shared by every relay.
+
+Keys, all under ``store.prefix``:
+
+- ``<prefix>log``: the stream. An entry's stream id is the event id; its
+  fields are ``c`` (channel), ``t`` (ingest ms) and ``e`` (the envelope's bytes
+  after its id: the envelope is ``{"type":"event","id":"<stream id>"`` + ``e``).
+- ``<prefix>pruned``: the newest id retention dropped, for gap detection.
+- ``<prefix>dedupe:<delivery key>``: ``"<id> <channel>"`` of the delivery's
+  first event, expiring after ``retention_age``.
+
+Writes: one writer task drains every pending append into one call of a Lua
+script (the same group commit as the sqlite engine), so webhooks that wait at
+the same moment cost one round trip, and ``append`` returns once Redis has
+answered. The script checks dedupe, XADDs with an id Redis picks (``*``),
+trims by count and age, and returns the ids.
+
+Reads: one tail task per relay follows the stream (XREAD BLOCK from the last
+id it delivered) and is the only caller of ``publish``, so every relay hands
+its hub the same events in the same order, whichever relay took the webhook.
+Resumes read with XRANGE. When Redis goes away, appends fail with
+``StoreUnavailable`` (503), ``ping`` is false, and the tail retries with
+backoff and carries on after the last id it delivered: nothing stored is
+skipped.
+
+Durability is Redis's: a 202 means Redis answered the write, and what
+survives a Redis crash depends on its persistence (``appendonly yes`` with
+``appendfsync always`` keeps every acknowledged event; ``everysec`` may lose
+the last second). Requires Redis 6.2 or newer (exclusive XRANGE); tested on
+7.0. coredis runs on trio through anyio: no asyncio bridge.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
+
+import coredis
+import trio
+from coredis.exceptions import RedisError
+from coredis.retry import NoRetryPolicy
+
+from ..config import StoreConfig
+from ..envelope import Draft, Event, encode_envelope
+from .base import Appended, Store, StoreUnavailable, selects
+
+log = logging.getLogger("relay.store")
+
+# What a call to Redis raises when Redis is away, slow or refuses.
+_FAILURES = (RedisError, OSError, trio.TooSlowError)
+
+# -- pure helpers ------------------------------------------------------------
+
+_ID_HEAD = b'{"type":"event","id":'
+_U64 = 2**64
+
+StreamKey = tuple[int, int]
+
+
+def parse_stream_id(event_id: str) -> StreamKey:
+    """``"<ms>-<seq>"`` -> (ms, seq); "" is the start of the log."""
+    if event_id == "":
+        return (0, 0)
+    ms, sep, seq = event_id.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit() or len(ms) > 20 or len(seq) > 20:
+        raise ValueError(f"{event_id[:40]!r} is not an event id of this relay (expected <ms>-<seq>)")
+    key = (int(ms), int(seq))
+    if key[0] >= _U64 or key[1] >= _U64:
+        raise ValueError(f"{event_id[:40]!r} is not an event id of this relay (out of range)")
+    return key
+
+
+def format_stream_id(key: StreamKey) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+def envelope_rest(draft: Draft) -> bytes:
+    """The envelope without its opening and id: what the stream stores.
+
+    The id is the stream id, which Redis picks inside the script; storing the
+    rest lets the script stay a plain XADD and the envelope be rebuilt by
+    concatenation, never re-encoded.
+    """
+    template = encode_envelope(draft, "")
+    head = _ID_HEAD + b'""'
+    if not template.startswith(head):  # the Envelope struct changed shape
+        raise AssertionError("the envelope no longer starts with its type and id")
+    return template[len(head):]
+
+
+def chunks(drafts: list[Draft], most: int, size: int) -> list[list[Draft]]:
+    """Consecutive runs of at most ``most`` drafts and about ``size`` bytes."""
+    out: list[list[Draft]] = [[]]
+    total = 0
+    for draft in drafts:
+        if out[-1] and (len(out[-1]) >= most or total + len(draft.data) > size):
+            out.append([])
+            total = 0
+        out[-1].append(draft)
+        total += len(draft.data)
+    return out if out[0] else []
+
+
+def join_envelope(event_id: str, rest: bytes) -> bytes:
+    return _ID_HEAD + b'"' + event_id.encode() + b'"' + rest
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a Redis URL this engine can use, or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"{redacted(url)!r}: {exc}"
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return f"{redacted(url)!r}: expected redis://HOST:PORT/DB, rediss://… or unix:///path"
+    if parts.scheme == "unix":
+        return None if parts.path else f"{redacted(url)!r}: unix:// needs the socket's path"
+    if not parts.hostname:
+        return f"{redacted(url)!r}: no host"
+    if port == 0:
+        return f"{redacted(url)!r}: port 0"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"{redacted(url)!r}: the path names the database, a number (got {db!r})"
+    return None
+
+
+# Lua runs atomically, so dedupe, XADD and trimming of a whole batch see one
+# state of the log, whatever the other relays do. The id comes from XADD *:
+# Redis keeps ids strictly increasing across all writers, so relays never
+# collide or go backwards (ids the relay picked itself would need a clock
+# agreement between relays). The envelope is built from the returned id.
+#
+# Retention trims here rather than with XADD's MAXLEN ~ because a resume must
+# learn exactly which ids are gone (Redis records no trimmed id: its
+# max-deleted-entry-id counts XDEL only): the script drops whole runs up to a
+# last dropped id and records it in <prefix>pruned. Count retention waits
+# for ``slack`` extra entries, so a trim is one scan of at least that many
+# rather than one per webhook; age retention finds its last victim with one
+# XREVRANGE. Age is on the server's clock, the clock the ids are made of.
+#
+# KEYS[1] the stream, KEYS[2] the pruned mark, KEYS[3..] dedupe keys.
+# ARGV: maxlen, slack, dedupe window ms, then per draft: channel, ts, rest,
+#   k (index of its dedupe key in KEYS, 0 for none).
+# Returns per draft: the new id, or "=<first id> <channel>" for a duplicate.
+_APPEND_LUA = """
+local stream, mark = KEYS[1], KEYS[2]
+local maxlen, slack, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+local last = nil
+for i = 4, #ARGV, 4 do
+  local channel, ts, rest, k = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local first = false
+  if k > 0 then first = redis.call('GET', KEYS[k]) end
+  if first then
+    out[#out + 1] = '=' .. first
+  else
+    local id = redis.call('XADD', stream, '*', 'c', channel, 't', ts, 'e', rest)
+    if k > 0 then redis.call('SET', KEYS[k], id .. ' ' .. channel, 'PX', window) end
+    out[#out + 1] = id
+    last = id
+  end
+end
+if not last then return out end
+
+local function split(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local dropped, dms, dseq = nil, 0, 0
+local excess = redis.call('XLEN', stream) - maxlen
+if excess >= slack then
+  -- The newest entry to drop, counted from whichever end is nearer.
+  local run
+  if excess <= maxlen then
+    run = redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)
+  else
+    run = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', maxlen + 1)
+  end
+  dropped = run[#run][1]
+  dms, dseq = split(dropped)
+end
+local cutoff = split(last) - window
+if cutoff > 0 then
+  local aged = redis.call('XREVRANGE', stream, '(' .. string.format('%.0f', cutoff) .. '-0', '-', 'COUNT', 1)
+  if #aged > 0 then
+    local ams, aseq = split(aged[1][1])
+    if ams > dms or (ams == dms and aseq > dseq) then dropped, dms, dseq = aged[1][1], ams, aseq end
+  end
+end
+if dropped then
+  redis.call('XTRIM', stream, 'MINID', string.format('%.0f-%.0f', dms, dseq + 1))
+  redis.call('SET', mark, dropped)
+end
+return out
+"""
+
+# {last-generated-id or "" while the stream is absent, the pruned mark}.
+_STATE_LUA = """
+local pruned = redis.call('GET', KEYS[2]) or '0-0'
+local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
+if info.err then return {'', pruned} end
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then return {info[i + 1], pruned} end
+end
+return {'', pruned}
+"""
+
+# Count retention trims once this many entries are over it.
+_TRIM_SLACK = 100
+# Drafts and body bytes per script call: keeps one call short, since Redis
+# runs nothing else meanwhile.
+_SCRIPT_DRAFTS = 500
+_SCRIPT_BYTES = 8 << 20
+# Seconds an append, a read or a ping may take before Redis counts as gone.
+_CALL_TIMEOUT = 5.0
+_CONNECT_TIMEOUT = 2.0
+# The tail's XREAD blocks this long (ms) before asking again; a silent, dead
+# connection is noticed after this plus _CALL_TIMEOUT.
+_BLOCK_MS = 10_000
+_TAIL_COUNT = 1000
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+# Entries scanned per XRANGE while filtering channels for a resume.
+_READ_PAGE = 1000
+# How long a resume waits for this relay's tail to reach what it replayed.
+_CATCH_UP = 5.0
+
+
+class _Batch:
+    __slots__ = ("drafts", "done", "results", "error")
+
+    def __init__(self) -> None:
+        self.drafts: list[Draft] = []
+        self.done = trio.Event()
+        self.results: list[Appended] = []
+        self.error: BaseException | None = None
+
+
+class RedisStore(Store):
+    def __init__(self, config: StoreConfig, publish: Callable[[list[Event]], None]) -> None:
+        self.config = config
+        self.publish = publish
+        self.stream = config.prefix + "log"
+        self.mark = config.prefix + "pruned"
+        self.where = redacted(config.url)
+        self._client: coredis.Redis | None = None  # appends, reads and pings
+        self._batch = _Batch()
+        self._wake = trio.Event()
+        self._closing = False
+        self._running = False
+        self._stopped = trio.Event()
+        self._position: StreamKey = (0, 0)  # last id the tail delivered
+        self._from_log = False  # _position is an id the log had (not a clock reading)
+        self._head = ""
+        self._pruned: StreamKey = (0, 0)  # newest id retention dropped
+        self._tail_ok = False
+        self._poke = trio.Event()  # Redis answered someone: the tail may stop waiting
+        self._moved = trio.lowlevel.ParkingLot()  # the tail delivered more
+        # Receipt times of this relay's own events, for delivery latency;
+        # the tail takes them back when it publishes.
+        self._received: dict[str, float] = {}
+        self.round_trips = 0  # script calls, for tests and metrics
+
+    # -- state -----------------------------------------------------------
+
+    @property
+    def head(self) -> str:
+        return self._head
+
+    def parse_id(self, event_id: str) -> StreamKey:
+        return parse_stream_id(event_id)
+
+    def lost_after(self, key: object) -> bool:
+        # Kept current by the tail (it reads the pruned mark with every
+        # XREAD). A trim made by another relay's append is known here once
+        # the tail has read that append, i.e. within the tail's latency.
+        return self._pruned > key  # type: ignore[operator]
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _connect(self) -> coredis.Redis:
+        # No retries inside the client: a script whose reply was lost may
+        # have run, and the writer must not run it twice on its own.
+        return coredis.Redis.from_url(self.config.url, retry_policy=NoRetryPolicy(),
+                                      connect_timeout=_CONNECT_TIMEOUT)
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        # coredis logs every lost connection with a traceback at INFO; the
+        # relay says it once, in its own words.
+        logging.getLogger("coredis").setLevel(logging.WARNING)
+        client, tail_client = self._connect(), self._connect()
+        # The tail's blocking XREAD gets a pool (and connection) of its own,
+        # so appends never queue behind it.
+        async with client, tail_client:
+            self._client = client
+            self._append = client.register_script(_APPEND_LUA)
+            # Unreachable at start: serve anyway, not ready (/readyz 503,
+            # webhooks 503), and let the tail connect when Redis answers. A
+            # relay of a cluster must ride out a Redis restart the same way
+            # whether it started before or during it, and an orchestrator
+            # reads /readyz rather than exit codes.
+            try:
+                with trio.fail_after(_CONNECT_TIMEOUT + 1):
+                    state = await client.eval(_STATE_LUA, [self.stream, self.mark], [])
+                self._start_from(state)
+                self._tail_ok = True
+            except _FAILURES as exc:
+                # Where the log stood is unknown: follow it from this
+                # moment (ids are Redis's clock in ms), so subscribers who
+                # connect meanwhile get what other relays store after it.
+                self._position = (int(time.time() * 1000), 0)
+                log.warning(f"store: cannot reach Redis at {self.where} ({exc}); serving, but not ready "
+                            "(/readyz 503, webhooks 503) until it answers")
+            self._running = True
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._tail, tail_client)
+                task_status.started()
+                try:
+                    await self._write_loop()
+                finally:
+                    self._running = False
+                    self._stopped.set()
+                    self._fail_pending()
+                    nursery.cancel_scope.cancel()
+            self._client = None
+
+    def _start_from(self, state: list) -> None:
+        last, pruned = state[0].decode(), parse_stream_id(state[1].decode())
+        if last:
+            self._position = parse_stream_id(last)
+            self._head = last if self._position != (0, 0) else ""
+        self._from_log = True
+        self._pruned = max(self._pruned, pruned)
+
+    def _fail_pending(self) -> None:
+        batch = self._batch
+        if batch.drafts and not batch.done.is_set():
+            batch.error = StoreUnavailable("the relay is shutting down")
+            batch.done.set()
+
+    async def close(self) -> None:
+        """Store what is pending, then let ``run`` end."""
+        self._closing = True
+        self._wake.set()
+        if self._running:
+            await self._stopped.wait()
+
+    # -- writes ----------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._batch.drafts:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            batch, self._batch = self._batch, _Batch()
+            try:
+                for chunk in chunks(batch.drafts, _SCRIPT_DRAFTS, _SCRIPT_BYTES):
+                    batch.results += await self._commit(chunk)
+            except _FAILURES as exc:
+                # Some drafts of the batch may be stored; none is acknowledged.
+                # A sender's retry is deduped when it names its delivery.
+                why = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc) or type(exc).__name__
+                batch.error = StoreUnavailable(f"the event store (Redis at {self.where}) did not store the event: {why}")
+                batch.results.clear()
+            batch.done.set()
+
+    async def _commit(self, drafts: list[Draft]) -> list[Appended]:
+        keys: list[str] = [self.stream, self.mark]
+        retention = self.config.retention
+        args: list[str | bytes | int] = [retention, min(retention, _TRIM_SLACK), int(self.config.retention_age * 1000)]
+        rests: list[bytes] = []
+        for draft in drafts:
+            rest = envelope_rest(draft)
+            rests.append(rest)
+            k = 0
+            if draft.dedupe is not None:
+                keys.append(self.config.prefix + "dedupe:" + draft.dedupe)
+                k = len(keys)
+            args += [draft.channel, draft.ts, rest, k]
+        with trio.fail_after(_CALL_TIMEOUT):
+            reply = await self._append(keys, args)
+        self.round_trips += 1
+        self._poke.set()
+        out: list[Appended] = []
+        for draft, rest, item in zip(drafts, rests, reply):
+            text = item.decode()
+            if text.startswith("="):
+                first_id, _, channel = text[1:].partition(" ")
+                out.append(Appended(Event(first_id, parse_stream_id(first_id), channel, 0, b""), True))
+                continue
+            key = parse_stream_id(text)
+            out.append(Appended(Event(text, key, draft.channel, draft.ts, join_envelope(text, rest), draft.received), False))
+            if key > self._position:  # not yet delivered by the tail
+                if len(self._received) > 100_000:
+                    self._received.clear()
+                self._received[text] = draft.received
+        return out
+
+    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+        if self._closing or not self._running:
+            raise StoreUnavailable("the event store is not running")
+        batch = self._batch
+        start = len(batch.drafts)
+        batch.drafts.extend(drafts)
+        self._wake.set()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return batch.results[start : start + len(drafts)]
+
+    # -- the tail --------------------------------------------------------
+
+    async def _tail(self, client: coredis.Redis) -> None:
+        delay = _BACKOFF_MIN
+        while True:
+            try:
+                if not self._tail_ok:
+                    # Reconnecting: a quick call first, so that readiness
+                    # does not wait for a blocking read to come back.
+                    with trio.fail_after(_CALL_TIMEOUT):
+                        state = await client.eval(_STATE_LUA, [self.stream, self.mark], [])
+                    self._note_state(state)
+                    self._tail_ok = True
+                    delay = _BACKOFF_MIN
+                    log.info(f"store: Redis at {self.where} answers; following the log after "
+                             f"{format_stream_id(self._position)}")
+                with trio.fail_after(_BLOCK_MS / 1000 + _CALL_TIMEOUT):
+                    # One round trip: Redis answers the script after the
+                    # XREAD, so the prune mark is never older than the
+                    # entries it comes with.
+                    async with client.pipeline(transaction=False) as pipe:
+                        read = pipe.xread({self.stream: format_stream_id(self._position)},
+                                          count=_TAIL_COUNT, block=_BLOCK_MS)
+                        info = pipe.eval(_STATE_LUA, [self.stream, self.mark], [])
+                    got, state = await read, await info
+            except _FAILURES as exc:
+                if self._tail_ok:
+                    log.warning(f"store: lost Redis at {self.where} ({exc or type(exc).__name__}); "
+                                f"retrying, resuming after {format_stream_id(self._position)}")
+                self._tail_ok = False
+                self._poke = trio.Event()
+                with trio.move_on_after(delay):
+                    await self._poke.wait()
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            entries = got.get(self.stream.encode(), ()) if got else ()
+            events = [self._event(entry, self._received.pop(entry.identifier.decode(), 0.0)) for entry in entries]
+            self._note_state(state)
+            if events:
+                self._position = events[-1].key  # type: ignore[assignment]
+                self._from_log = True
+                self._head = events[-1].id
+                self.publish(events)
+                self._moved.unpark_all()
+
+    @staticmethod
+    def _event(entry, received: float = 0.0) -> Event:
+        event_id = entry.identifier.decode()
+        fields = entry.field_values
+        return Event(event_id, parse_stream_id(event_id), fields[b"c"].decode(), int(fields[b"t"]),
+                     join_envelope(event_id, fields[b"e"]), received)
+
+    def _note_state(self, state: list) -> None:
+        last = parse_stream_id(state[0].decode()) if state[0] else (0, 0)
+        pruned = parse_stream_id(state[1].decode())
+        if self._from_log and last < self._position:
+            # The log is behind what this relay delivered: Redis came back
+            # without its data (no persistence) or the key was deleted.
+            # Whatever came before is gone for resumes.
+            if self._pruned < self._position:
+                log.warning(f"store: Redis at {self.where} lost the log up to "
+                            f"{format_stream_id(self._position)} (restarted without persistence?); "
+                            "resumes from before it get a gap")
+            pruned = max(pruned, self._position)
+        self._pruned = max(self._pruned, pruned)
+
+    # -- reads -----------------------------------------------------------
+
+    async def read(self, after: object, patterns: Sequence[str], limit: int) -> list[Event]:
+        client = self._client
+        if client is None:
+            raise StoreUnavailable("the event store is not running")
+        everything = "*" in patterns
+        page = limit if everything else max(limit, _READ_PAGE)
+        start: StreamKey = after  # type: ignore[assignment]
+        out: list[Event] = []
+        try:
+            while len(out) < limit:
+                with trio.fail_after(_CALL_TIMEOUT):
+                    entries = await client.xrange(self.stream, "(" + format_stream_id(start), "+", count=page)
+                for entry in entries:
+                    channel = entry.field_values[b"c"].decode()
+                    if everything or selects(patterns, channel):
+                        out.append(self._event(entry))
+                        if len(out) >= limit:
+                            break
+                if len(entries) < page:
+                    break
+                start = parse_stream_id(entries[-1].identifier.decode())
+            target = max(start, out[-1].key) if out else start  # type: ignore[type-var]
+            if target > self._position:
+                # ``since`` may come from a relay whose tail is ahead of this
+                # one's, or be made up: wait for no more than the log holds.
+                with trio.fail_after(_CALL_TIMEOUT):
+                    newest = await client.xrevrange(self.stream, "+", "-", count=1)
+                target = min(target, parse_stream_id(newest[0].identifier.decode())) if newest else (0, 0)
+        except _FAILURES as exc:
+            raise StoreUnavailable(f"the event store (Redis at {self.where}) did not answer a read: "
+                                   f"{exc or type(exc).__name__}") from None
+        await self._catch_up(target)
+        return out
+
+    async def _catch_up(self, key: StreamKey) -> None:
+        """Wait until the tail has delivered everything up to ``key``.
+
+        A resume sends what it read, then the live events it held meanwhile,
+        minus those up to where it read. Events up to there that this relay's
+        tail has yet to deliver would come after the replay and arrive twice
+        (or, when the subscriber left a relay that was ahead, out of order).
+        Waiting here closes that window; bounded, since the tail may be
+        reconnecting.
+        """
+        with trio.move_on_after(_CATCH_UP):
+            while self._position < key:
+                await self._moved.park()
+
+    async def ping(self) -> bool:
+        client = self._client
+        if client is None or not self._running:
+            return False
+        try:
+            with trio.fail_after(_CONNECT_TIMEOUT):
+                await client.ping()
+        except _FAILURES:
+            return False
+        self._poke.set()
+        # Ready means webhooks are stored and this relay's subscribers get
+        # them: the tail must be following the log too.
+        return self._tail_ok
