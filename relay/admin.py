@@ -91,7 +91,7 @@ def channels_view(app: App) -> dict[str, Any]:
             "events": stats.events if stats else 0,
         })
     return {
-        "head": app.store.head,
+        "head": app.hub.head,
         "channels": channels,
         "patterns": [{"pattern": p, "subscribers": n} for p, n in sorted(patterns.items())],
     }

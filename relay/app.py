@@ -208,6 +208,8 @@ async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatu
     grace = config.server.shutdown_grace
     async with trio.open_nursery() as root:
         await root.start(app.store.run)
+        app.hub.head = app.store.head  # what is stored before start is history
+        root.start_soon(app.hub.run)
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()
         app.address = (bound[0], bound[1])

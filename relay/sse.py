@@ -93,7 +93,7 @@ class SseSession:
                 nursery.start_soon(sub.run_writer)
                 nursery.start_soon(self._until_closed)
                 sub.subscribe(app.hub, patterns, resuming=since is not None)
-                sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.store.head.encode() + b"\n\n"))
+                sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.hub.head.encode() + b"\n\n"))
                 if since is not None:
                     nursery.start_soon(sub.replay, app.store, patterns, since)
                 await self._supervise()

@@ -27,7 +27,10 @@ from .envelope import Event
 from .route import matches
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from .hub import Hub, Joined
+
+# What a write to a peer that went away fails with.
+_PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN})
 
 # Stored events read per query while replaying.
 _REPLAY_PAGE = 500
@@ -70,6 +73,11 @@ class Subscriber:
         self.sending = False
         self.closed = False
         self.hold: list[Event] | None = None
+        # After a replay: (last key replayed, its patterns). A live event at
+        # or below it on those patterns was sent by the replay already (it
+        # was stored before its fan-out reached us). Cleared by the first
+        # live event above it: the hub publishes in log order.
+        self.floor: tuple[object, Sequence[str]] | None = None
         self.gap_after: str | None = None
         self.last_id: str | None = None
         self.frames = 0
@@ -108,6 +116,8 @@ class Subscriber:
     def offer(self, event: Event) -> None:
         if self.closed or self.overflowed:
             return
+        if self.floor is not None and self._replayed(event):
+            return
         hold = self.hold
         if hold is not None:
             if len(hold) >= self.limit:
@@ -116,6 +126,63 @@ class Subscriber:
             hold.append(event)
             return
         self._emit(event, counted=True)
+
+    def offer_many(self, events: Sequence[Event], joined: Joined) -> None:
+        """A run of events for this subscriber: one write of the shared,
+        joined frames when nothing is queued; the per-event path otherwise."""
+        if self.closed or self.overflowed:
+            return
+        if (self.hold is not None or self.floor is not None or self.gap_after is not None or self.pending
+                or self.sending or self.fd is None):
+            for event in events:
+                self.offer(event)
+            return
+        data = joined.frames(self.transport)
+        try:
+            sent = os.write(self.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            if exc.errno in _PEER_GONE:
+                self.lost()
+                return
+            raise
+        done = 0  # events wholly in the kernel
+        offset = 0
+        partial: memoryview | None = None
+        for event in events:
+            end = offset + len(self.frame(event))
+            if end > sent:
+                if sent > offset:
+                    partial = memoryview(self.frame(event))[sent - offset :]
+                break
+            done += 1
+            offset = end
+        written = done + (partial is not None)
+        self.frames += written
+        if self.stats is not None:
+            self.stats[self.transport] += written
+        if done:
+            self.delivered_id = self.last_id = events[done - 1].id
+        if partial is not None:
+            # Partly on the wire: the rest must follow, it cannot be dropped.
+            event = events[done]
+            self.last_id = event.id
+            self.pending.append(partial)
+            self.pending_ids.append((event.id, False))
+            self._wake.unpark()
+        for event in events[written:]:
+            self._emit(event, counted=True)
+
+    def _replayed(self, event: Event) -> bool:
+        """Was ``event`` already sent by the last replay? (Clears the floor
+        once live events have passed it.)"""
+        floor = self.floor
+        assert floor is not None
+        if event.key > floor[0]:  # type: ignore[operator]
+            self.floor = None
+            return False
+        return any(matches(p, event.channel) for p in floor[1])
 
     # -- the send path ---------------------------------------------------
 
@@ -147,7 +214,7 @@ class Subscriber:
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
+                if exc.errno in _PEER_GONE:
                     self.lost()
                     return
                 raise
@@ -291,8 +358,7 @@ class Subscriber:
                 await self.drained()
         finally:
             held, self.hold = self.hold, None
+            self.floor = (after, patterns)
             for event in held:
-                if event.key <= after and any(matches(p, event.channel) for p in patterns):  # type: ignore[operator]
-                    continue
-                if not self.closed:
+                if not self.closed and not self._replayed(event):
                     self._emit(event, counted=True)

@@ -179,7 +179,7 @@ class Session:
                 # Everything from here to the welcome is synchronous: the
                 # head id in the welcome is exactly where live delivery starts.
                 sub.subscribe(app.hub, patterns, resuming=since is not None and bool(patterns))
-                self.send_json({"type": "welcome", "id": app.store.head, "channels": patterns})
+                self.send_json({"type": "welcome", "id": app.hub.head, "channels": patterns})
                 if since is not None and patterns:
                     self._request(("resume", ",".join(patterns), since))
                 await self._reader()
@@ -294,7 +294,7 @@ class Session:
             self.error(exc.code, exc.detail)
             return
         sub.subscribe(app.hub, [pattern], resuming=since is not None)
-        self.send_json({"type": "subscribed", "channel": pattern, "id": app.store.head})
+        self.send_json({"type": "subscribed", "channel": pattern, "id": app.hub.head})
         if since is not None:
             await sub.replay(app.store, [pattern], since)
 
