@@ -136,7 +136,7 @@ class Daemon:
 
     def wait(self, timeout: float = 15.0) -> int:
         assert self.proc is not None and self.proc.stderr is not None
-        rest, _ = self.proc.communicate(timeout=timeout)
+        _, rest = self.proc.communicate(timeout=timeout)
         self.stderr += rest or b""
         return self.proc.returncode
 
