@@ -27,7 +27,11 @@ check: $(BIN)/relay
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: $(VENV)/.test-deps
+$(VENV)/.bench-deps: $(BIN)/relay pyproject.toml
+	$(BIN)/pip install --quiet -e '.[bench]'
+	@touch $@
+
+bench: $(VENV)/.bench-deps
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
