@@ -127,6 +127,9 @@ class App:
     def webhook_done(self, name: str, route: Route | None, status: int, appended: Appended | None,
                      delivery: str | None, seconds: float, client: str | None = None) -> None:
         self.webhooks[(name if route else "", status)] += 1
+        level = logging.INFO if status < 500 else logging.WARNING
+        if not log.isEnabledFor(level):
+            return  # build the line's fields only when it is written
         event = appended.event if appended else None
         fields: dict[str, Any] = {
             "route": name[:100],
@@ -137,7 +140,7 @@ class App:
             "duration_ms": round(seconds * 1000, 3),
             "client": client,
         }
-        log.log(logging.INFO if status < 500 else logging.WARNING, "webhook", extra={"fields": fields})
+        log.log(level, "webhook", extra={"fields": fields})
 
     # -- running ---------------------------------------------------------
 
