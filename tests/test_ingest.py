@@ -195,3 +195,14 @@ async def test_head_requests_get_headers_without_a_body_and_keep_the_connection(
     r = await http.head(f"{relay.base}/healthz")
     assert r.status_code == 200 and r.content == b""
     assert (await http.get(f"{relay.base}/healthz")).json() == {"status": "ok"}
+
+
+async def test_a_body_longer_than_content_length_is_cut_at_the_length_and_the_rest_refused(relay):
+    # The surplus is read as the next request on the connection, which is not HTTP: 400, closed.
+    data = (b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n"
+            b'{"a":1}' + b'{"surplus": true}\r\n\r\n')
+    out = await raw_exchange(relay.port, data)
+    assert out.startswith(b"HTTP/1.1 202 ")
+    assert b"HTTP/1.1 400 " in out
+    stored = await relay.app.store.read(0, ["*"], 10)
+    assert len(stored) == 1 and b'"data":{"a":1}' in stored[0].envelope
