@@ -140,7 +140,6 @@ class Session:
         )
         self.unanswered_pings = 0
         self.closing = False
-        self.close_code: int | None = None
         # Set when the session must act: shutdown, slow consumer, lost peer,
         # token expiry. One event and one supervising task per connection
         # (instead of a task per condition) keeps idle connections small.
@@ -335,7 +334,6 @@ class Session:
         if self.closing:
             return
         self.closing = True
-        self.close_code = code
         sub = self.sub
         if self.ws.state is ConnectionState.OPEN:
             frame = self.ws.send(CloseConnection(code=code, reason=reason))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url

@@ -3,7 +3,6 @@ connection (the figure is recorded in BENCHMARKS.md)."""
 
 from __future__ import annotations
 
-import json
 import resource
 
 import trio

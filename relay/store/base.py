@@ -36,11 +36,6 @@ def selects(patterns: Sequence[str], channel: str) -> bool:
     return any(matches(p, channel) for p in patterns)
 
 
-def retention_floor(last_seq: int, retention: int) -> int:
-    """The newest seq that count retention drops (everything <= it goes)."""
-    return last_seq - retention
-
-
 class Store:
     """Interface of an engine. ``run`` owns its background tasks."""
 
