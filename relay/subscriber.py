@@ -28,6 +28,7 @@ from .route import matches
 
 if TYPE_CHECKING:
     from .hub import Hub, Joined
+    from .store import Store
 
 # What a write to a peer that went away fails with.
 _PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN})
@@ -335,20 +336,20 @@ class Subscriber:
 
     # -- resume ----------------------------------------------------------
 
-    async def replay(self, store: object, patterns: Sequence[str], since: str) -> None:
+    async def replay(self, store: Store, patterns: Sequence[str], since: str) -> None:
         """Send stored events after ``since`` on ``patterns``, then release
         the live events held meanwhile, skipping those already sent.
 
         The caller has added ``patterns`` to the hub before calling, so every
         event is either stored before the read or published into ``hold``.
         """
-        after = store.parse_id(since)  # type: ignore[attr-defined]
+        after = store.parse_id(since)
         self.hold = [] if self.hold is None else self.hold
         try:
-            if store.lost_after(after):  # type: ignore[attr-defined]
+            if store.lost_after(after):
                 self.gap_after = since
             while not self.closed:
-                events = await store.read(after, patterns, _REPLAY_PAGE)  # type: ignore[attr-defined]
+                events = await store.read(after, patterns, _REPLAY_PAGE)
                 for event in events:
                     self._emit(event, counted=False)
                 if events:
