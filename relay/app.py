@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -74,6 +75,7 @@ class App:
         self.webhooks: Counter[tuple[str, int]] = Counter()
         self.metrics = Metrics(self)  # relay/metrics.py: GET /metrics, delivery latency
         self.address: tuple[str, int] = ("", 0)
+        self.conns: trio.Nursery  # set by serve: every connection's task lives there
 
     # -- subscriber auth -------------------------------------------------
 
@@ -143,6 +145,19 @@ class App:
         log.log(level, "webhook", extra={"fields": fields})
 
     # -- running ---------------------------------------------------------
+
+    def hand_off(self, session_run: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Run a subscriber session as a task of its own in the connections'
+        nursery: the HTTP request that opened it, its parser and its stack
+        frames are released instead of living as long as the subscription."""
+        self.conns.start_soon(self._session, session_run, *args)
+
+    async def _session(self, session_run: Callable[..., Awaitable[None]], *args: object) -> None:
+        try:
+            await session_run(*args)
+        except Exception:
+            # One broken subscriber must never take the relay down.
+            log.exception("subscriber session failed")
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         from .http import HttpConnection
@@ -218,6 +233,7 @@ async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatu
         app.address = (bound[0], bound[1])
         accepting: list[trio.CancelScope] = []
         async with trio.open_nursery() as conns:
+            app.conns = conns
             for listener in listeners:
                 conns.start_soon(app._accept, listener, conns, accepting)
             shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]

@@ -108,6 +108,7 @@ class HttpConnection:
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.head = False
+        self.detached = False  # the stream now belongs to a subscriber session
         self.peer: str | None = None  # the socket's peer address, looked up once
 
     async def send(self, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
@@ -158,7 +159,7 @@ class HttpConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            if self.conn.our_state is not h11.SWITCHED_PROTOCOL:
+            if not self.detached:
                 await self._close()
 
     async def _read_head(self, scope: trio.CancelScope) -> h11.Event:

@@ -10,6 +10,7 @@ EventSource comes back with ``Last-Event-ID``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import h11
@@ -59,7 +60,8 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
         ("transfer-encoding", "chunked"),
     ]))
     await hc.stream.send_all(head)
-    await SseSession(app, hc.stream, grant).run(patterns, since)
+    hc.detached = True
+    app.hand_off(SseSession(app, hc.stream, grant).run, patterns, since)
     return True
 
 
@@ -78,11 +80,15 @@ class SseSession:
             policy=config.delivery.slow_consumer,
             stats=app.frames_sent,
             on_trouble=self.wake,
+            spawn=self._spawn,
         )
         self.alarm = trio.Event()
 
     def wake(self) -> None:
         self.alarm.set()
+
+    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self.nursery.start_soon(fn)
 
     async def run(self, patterns: list[str], since: str | None) -> None:
         app, sub = self.app, self.sub
@@ -90,7 +96,6 @@ class SseSession:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                nursery.start_soon(sub.run_writer)
                 nursery.start_soon(self._until_closed)
                 sub.subscribe(app.hub, patterns, resuming=since is not None)
                 sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.hub.head.encode() + b"\n\n"))

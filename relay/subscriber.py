@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 # What a write to a peer that went away fails with.
 _PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN})
+
+# Seconds an on-demand writer waits for more before its task ends.
+WRITER_LINGER = 5.0
 
 # Stored events read per query while replaying.
 _REPLAY_PAGE = 500
@@ -55,6 +58,7 @@ class Subscriber:
         policy: str = "disconnect",
         stats: dict[str, int] | None = None,
         on_trouble: Callable[[], None] | None = None,
+        spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
     ) -> None:
         self.stream = stream
         self.transport = transport
@@ -89,6 +93,10 @@ class Subscriber:
         # than events a task waits on: idle connections stay small.
         self.on_trouble = on_trouble
         self._wake = trio.lowlevel.ParkingLot()
+        # How to start a writer task when frames back up (the session's
+        # nursery); without it, the owner runs ``run_writer`` itself.
+        self._spawn = spawn
+        self._writer_running = False
         self._drained = trio.lowlevel.ParkingLot()
 
     # -- subscriptions --------------------------------------------------
@@ -171,7 +179,7 @@ class Subscriber:
             self.last_id = event.id
             self.pending.append(partial)
             self.pending_ids.append((event.id, False))
-            self._wake.unpark()
+            self._kick()
         for event in events[written:]:
             self._emit(event, counted=True)
 
@@ -232,7 +240,7 @@ class Subscriber:
         self.pending.append(data)
         self.pending_ids.append((event_id, counted) if event_id is not None else None)
         # (a gap frame is written with counted=None: tagged, never counted)
-        self._wake.unpark()
+        self._kick()
 
     def _overflow(self) -> None:
         if self.policy == "drop" and self.hold is None:
@@ -304,30 +312,60 @@ class Subscriber:
         if self.on_trouble is not None:
             self.on_trouble()
 
+    def _kick(self) -> None:
+        """Something is pending: make sure a writer will send it."""
+        if self._spawn is None or self._writer_running:
+            self._wake.unpark()
+            return
+        # Started on demand: most subscribers never back up, and an idle
+        # connection with no writer task is a few KB smaller.
+        self._writer_running = True
+        self._spawn(self._write_episode)
+
+    async def _write_episode(self) -> None:
+        """Send until nothing is pending and nothing came for a moment."""
+        try:
+            while not self.closed:
+                if not self.pending:
+                    # A subscriber that backed up once tends to again soon:
+                    # linger rather than start a task per backlog.
+                    with trio.move_on_after(WRITER_LINGER):
+                        await self._wake.park()
+                    if not self.pending:
+                        return
+                    continue
+                await self._send_pending()
+        finally:
+            self._writer_running = False
+
     async def run_writer(self) -> None:
-        """Drain ``pending`` into the stream, many frames per write."""
+        """A writer for the subscriber's whole life (when nothing spawns one)."""
         while not self.closed:
             if not self.pending:
                 await self._wake.park()
                 continue
-            batch, self.pending = self.pending, []
-            ids, self.pending_ids = self.pending_ids, []
-            self.queued = 0
-            for tag in reversed(ids):
-                if tag is not None:
-                    self.delivered_id = tag[0]
-                    break
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
-            self.sending = True
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.lost()
-                return
-            finally:
-                self.sending = False
-            if not self.pending:
-                self._drained.unpark_all()
+            await self._send_pending()
+
+    async def _send_pending(self) -> None:
+        """Drain ``pending`` into the stream, many frames in one write."""
+        batch, self.pending = self.pending, []
+        ids, self.pending_ids = self.pending_ids, []
+        self.queued = 0
+        for tag in reversed(ids):
+            if tag is not None:
+                self.delivered_id = tag[0]
+                break
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        self.sending = True
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.lost()
+            return
+        finally:
+            self.sending = False
+        if not self.pending:
+            self._drained.unpark_all()
 
     async def drained(self) -> None:
         """Wait until everything written so far has reached the kernel."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import h11
@@ -117,7 +118,8 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
     await hc.stream.send_all(hc.conn.send(h11.InformationalResponse(status_code=101, headers=response)))
     trailing, _closed = hc.conn.trailing_data
     session = Session(app, hc.stream, trailing, grant)
-    await session.run(patterns, since)
+    hc.detached = True
+    app.hand_off(session.run, patterns, since)
     return True
 
 
@@ -137,6 +139,7 @@ class Session:
             policy=config.delivery.slow_consumer,
             stats=app.frames_sent,
             on_trouble=self.wake,
+            spawn=self._spawn,
         )
         self.unanswered_pings = 0
         self.closing = False
@@ -150,6 +153,9 @@ class Session:
 
     def wake(self) -> None:
         self.alarm.set()
+
+    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self.nursery.start_soon(fn)
 
     def refreshed(self, grant: Grant) -> None:
         """A fresh token: it must still cover every current subscription."""
@@ -173,7 +179,6 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                nursery.start_soon(sub.run_writer)
                 nursery.start_soon(self._supervise)
                 # Everything from here to the welcome is synchronous: the
                 # head id in the welcome is exactly where live delivery starts.
