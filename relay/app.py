@@ -28,6 +28,7 @@ from .hub import Hub
 from .ingest import Ingest, Route, build_routes
 from .metrics import Metrics
 from .store import Appended, open_store
+from .timers import Timers, tick_every
 
 if TYPE_CHECKING:
     from .http import Request
@@ -76,6 +77,7 @@ class App:
         self.metrics = Metrics(self)  # relay/metrics.py: GET /metrics, delivery latency
         self.address: tuple[str, int] = ("", 0)
         self.conns: trio.Nursery  # set by serve: every connection's task lives there
+        self.timers = Timers()
 
     # -- subscriber auth -------------------------------------------------
 
@@ -228,6 +230,8 @@ async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatu
         await root.start(app.store.run)
         app.hub.head = app.store.head  # what is stored before start is history
         root.start_soon(app.hub.run)
+        root.start_soon(app.timers.run)
+        root.start_soon(tick_every, config.server.ping_interval, app.sessions)
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()
         app.address = (bound[0], bound[1])

@@ -82,32 +82,44 @@ class SseSession:
             on_trouble=self.wake,
             spawn=self._spawn,
         )
-        self.alarm = trio.Event()
+        # As for websockets: no task waits for a deadline; the app's timers
+        # send heartbeats (``tick``) and call back at the token's expiry.
+        self.nursery: trio.Nursery | None = None
+        self._ending = False
+        self._woken_early = False
 
     def wake(self) -> None:
-        self.alarm.set()
+        """End the stream: shutdown, slow consumer, browser gone, token expired."""
+        if self.nursery is None:
+            self._woken_early = True
+        elif not self._ending:
+            self._ending = True
+            self.nursery.start_soon(self._end)
 
     def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        assert self.nursery is not None
         self.nursery.start_soon(fn)
+
+    def tick(self) -> None:
+        if not self._ending:
+            self.sub.write(HEARTBEAT)
 
     async def run(self, patterns: list[str], since: str | None) -> None:
         app, sub = self.app, self.sub
-        app.sessions.add(self)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                nursery.start_soon(self._until_closed)
+                app.sessions.add(self)
+                if self._woken_early or app.stopping.is_set():
+                    self.wake()
+                if self.grant is not None and self.grant.expires is not None:
+                    delay = max(0.0, self.grant.expires - app.now())
+                    app.timers.call_at(trio.current_time() + delay, self.wake)
                 sub.subscribe(app.hub, patterns, resuming=since is not None)
                 sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.hub.head.encode() + b"\n\n"))
                 if since is not None:
                     nursery.start_soon(sub.replay, app.store, patterns, since)
-                await self._supervise()
-                if not sub.closed:
-                    if sub.overflowed:
-                        sub.truncate()
-                    sub.write(END)
-                    with trio.move_on_after(1.0):
-                        await sub.drained()
+                await self._until_closed()
                 nursery.cancel_scope.cancel()
         finally:
             sub.detach(app.hub)
@@ -115,21 +127,16 @@ class SseSession:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
 
-    async def _supervise(self) -> None:
-        """Heartbeat every ``ping_interval`` until the alarm goes off
-        (shutdown, slow consumer, browser gone) or the token expires."""
-        interval = self.app.config.server.ping_interval
-        expires = self.grant.expires if self.grant is not None else None
-        while not self.alarm.is_set():
-            deadline = trio.current_time() + interval
-            if expires is not None:
-                deadline = min(deadline, trio.current_time() + max(0.0, expires - self.app.now()))
-            with trio.move_on_at(deadline):
-                await self.alarm.wait()
-            if expires is not None and self.app.now() >= expires:
-                return
-            if not self.alarm.is_set():
-                self.sub.write(HEARTBEAT)
+    async def _end(self) -> None:
+        sub = self.sub
+        if not sub.closed:
+            if sub.overflowed:
+                sub.truncate()
+            sub.write(END)
+            with trio.move_on_after(1.0):
+                await sub.drained()
+        assert self.nursery is not None
+        self.nursery.cancel_scope.cancel()
 
     async def _until_closed(self) -> None:
         # An EventSource never sends; end of input means the browser left.

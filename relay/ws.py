@@ -143,19 +143,50 @@ class Session:
         )
         self.unanswered_pings = 0
         self.closing = False
-        # Set when the session must act: shutdown, slow consumer, lost peer,
-        # token expiry. One event and one supervising task per connection
-        # (instead of a task per condition) keeps idle connections small.
-        self.alarm = trio.Event()
         self.expires: float | None = grant.expires if grant is not None else None
-        self._requests: deque[tuple[str, str, str | None]] = deque()
+        # Client requests wait here for the control task (both made on demand).
+        self._requests: deque[tuple[str, str, str | None]] | None = None
         self._control_running = False
+        # The session's own tasks are all started on demand (writer, control,
+        # reaction to an alarm); pings and expiry come from the app's timers,
+        # so an idle connection is one task: the reader.
+        self.nursery: trio.Nursery | None = None
+        self._reacting = False
+        self._woken_early = False
 
     def wake(self) -> None:
-        self.alarm.set()
+        """Something needs acting on: shutdown, slow consumer, lost peer, expiry."""
+        if self.nursery is None:
+            self._woken_early = True
+        elif not self._reacting:
+            self._reacting = True
+            self.nursery.start_soon(self._react)
 
     def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        assert self.nursery is not None
         self.nursery.start_soon(fn)
+
+    def tick(self) -> None:
+        """Every ``ping_interval``: ping, or close a peer that missed two."""
+        if self.closing or self._reacting or self.nursery is None:
+            return
+        if self.unanswered_pings >= 2:
+            log.info("closing a websocket that missed two pings")
+            self._reacting = True
+            self.nursery.start_soon(self.close, 1011, "missed pings")
+            return
+        self.unanswered_pings += 1
+        if self.ws.state is ConnectionState.OPEN:
+            self.sub.write(self.ws.send(Ping(payload=b"relay")))
+
+    def _schedule_expiry(self) -> None:
+        if self.expires is not None:
+            self.app.timers.call_at(trio.current_time() + max(0.0, self.expires - self.app.now()), self._expiry_due)
+
+    def _expiry_due(self) -> None:
+        # A refresh may have moved the expiry since this was scheduled.
+        if self.expires is not None and self.app.now() >= self.expires and not self.sub.closed:
+            self.wake()
 
     def refreshed(self, grant: Grant) -> None:
         """A fresh token: it must still cover every current subscription."""
@@ -165,6 +196,7 @@ class Session:
                 return
         self.grant = grant
         self.expires = grant.expires
+        self._schedule_expiry()
         self.send_json({"type": "refreshed", "expires": grant.expires})
 
     def send_json(self, obj: object) -> None:
@@ -175,11 +207,13 @@ class Session:
 
     async def run(self, patterns: list[str], since: str | None) -> None:
         app, sub = self.app, self.sub
-        app.sessions.add(self)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                nursery.start_soon(self._supervise)
+                app.sessions.add(self)
+                if self._woken_early or app.stopping.is_set():
+                    self.wake()
+                self._schedule_expiry()
                 # Everything from here to the welcome is synchronous: the
                 # head id in the welcome is exactly where live delivery starts.
                 sub.subscribe(app.hub, patterns, resuming=since is not None and bool(patterns))
@@ -246,7 +280,7 @@ class Session:
             if not message.channel:
                 self.error("bad_message", f"{message.type} needs a channel")
                 return
-            if len(self._requests) >= CONTROL_BACKLOG:
+            if self._requests is not None and len(self._requests) >= CONTROL_BACKLOG:
                 # A client that floods requests faster than they can be served.
                 self.nursery.start_soon(self.close, 1008, "too many requests", False)
             else:
@@ -259,6 +293,8 @@ class Session:
     # -- subscriptions ---------------------------------------------------
 
     def _request(self, request: tuple[str, str, str | None]) -> None:
+        if self._requests is None:
+            self._requests = deque()
         self._requests.append(request)
         if not self._control_running:
             # Started on demand: most connections never send a request.
@@ -269,6 +305,7 @@ class Session:
         try:
             while self._requests:
                 await self._serve_request(*self._requests.popleft())
+            self._requests = None
         finally:
             self._control_running = False
 
@@ -304,35 +341,19 @@ class Session:
 
     # -- liveness and closing -------------------------------------------
 
-    async def _supervise(self) -> None:
-        """Ping every ``ping_interval``; act when the alarm goes off."""
-        interval = self.app.config.server.ping_interval
-        next_ping = trio.current_time() + interval
-        while not self.alarm.is_set():
-            deadline = next_ping
-            if self.expires is not None:
-                deadline = min(deadline, trio.current_time() + max(0.0, self.expires - self.app.now()))
-            with trio.move_on_at(deadline):
-                await self.alarm.wait()
-            if self.expires is not None and self.app.now() >= self.expires:
-                await self.close(4001, "token expired")
-                return
-            if trio.current_time() >= next_ping and not self.alarm.is_set():
-                next_ping += interval
-                if self.unanswered_pings >= 2:
-                    log.info("closing a websocket that missed two pings")
-                    await self.close(1011, "missed pings")
-                    return
-                self.unanswered_pings += 1
-                if self.ws.state is ConnectionState.OPEN:
-                    self.sub.write(self.ws.send(Ping(payload=b"relay")))
+    async def _react(self) -> None:
         sub = self.sub
         if sub.overflowed:
             await self.close(1013, "slow consumer")
         elif sub.closed:
+            assert self.nursery is not None
             self.nursery.cancel_scope.cancel()  # the peer is gone: nothing to say
         elif self.app.stopping.is_set():
             await self.close(1001, "server shutting down")
+        elif self.expires is not None and self.app.now() >= self.expires:
+            await self.close(4001, "token expired")
+        else:
+            self._reacting = False  # nothing to do after all
 
     async def close(self, code: int, reason: str, wait_reply: bool = True) -> None:
         """Send a close frame, give the client a moment, then end the session."""
