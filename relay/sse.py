@@ -17,6 +17,7 @@ import h11
 import trio
 
 from . import envelope
+from .envelope import Event
 from .errors import BadRequest, MethodNotAllowed, Unavailable
 from .subscriber import Subscriber
 from .ws import channels_from_query
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 
 HEARTBEAT = envelope.http_chunk(b": ping\n\n")
 END = b"0\r\n\r\n"
+
+
+def sse_chunk_of(event: Event) -> bytes:
+    return event.sse_chunk
 
 
 def gap_chunk(after: str, next_id: str) -> bytes:
@@ -74,7 +79,7 @@ class SseSession:
         self.sub = Subscriber(
             stream,
             "sse",
-            frame=lambda event: event.sse_chunk,
+            frame=sse_chunk_of,
             gap=gap_chunk,
             limit=config.delivery.queue,
             policy=config.delivery.slow_consumer,
@@ -94,11 +99,16 @@ class SseSession:
             self._woken_early = True
         elif not self._ending:
             self._ending = True
-            self.nursery.start_soon(self._end)
+            self._spawn(self._end)
 
-    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Start a task in the session's nursery, unless the session is ending
+        (its nursery closes to new tasks a moment before it leaves the hub)."""
         assert self.nursery is not None
-        self.nursery.start_soon(fn)
+        try:
+            self.nursery.start_soon(fn, *args)
+        except RuntimeError:
+            pass
 
     def tick(self) -> None:
         if not self._ending:

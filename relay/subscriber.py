@@ -48,6 +48,13 @@ def raw_fd(stream: trio.abc.Stream) -> int | None:
 
 
 class Subscriber:
+    # Slots: ten thousand of these stay small.
+    __slots__ = (
+        "stream", "transport", "frame", "gap", "limit", "policy", "fd", "patterns", "pending", "pending_ids",
+        "queued", "delivered_id", "dropped", "sending", "closed", "hold", "floor", "gap_after", "last_id",
+        "frames", "stats", "overflowed", "on_trouble", "_wake", "_drained", "_spawn", "_writer_running",
+    )
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -92,12 +99,13 @@ class Subscriber:
         # the peer can no longer be written to (``closed``). A callback rather
         # than events a task waits on: idle connections stay small.
         self.on_trouble = on_trouble
-        self._wake = trio.lowlevel.ParkingLot()
+        # Parking lots for the writer and for ``drained``, made on first use.
+        self._wake: trio.lowlevel.ParkingLot | None = None
+        self._drained: trio.lowlevel.ParkingLot | None = None
         # How to start a writer task when frames back up (the session's
         # nursery); without it, the owner runs ``run_writer`` itself.
         self._spawn = spawn
         self._writer_running = False
-        self._drained = trio.lowlevel.ParkingLot()
 
     # -- subscriptions --------------------------------------------------
 
@@ -307,15 +315,23 @@ class Subscriber:
         self.pending.clear()
         self.pending_ids.clear()
         self.queued = 0
-        self._wake.unpark_all()
-        self._drained.unpark_all()
+        if self._wake is not None:
+            self._wake.unpark_all()
+        if self._drained is not None:
+            self._drained.unpark_all()
         if self.on_trouble is not None:
             self.on_trouble()
+
+    def _wake_lot(self) -> trio.lowlevel.ParkingLot:
+        if self._wake is None:
+            self._wake = trio.lowlevel.ParkingLot()
+        return self._wake
 
     def _kick(self) -> None:
         """Something is pending: make sure a writer will send it."""
         if self._spawn is None or self._writer_running:
-            self._wake.unpark()
+            if self._wake is not None:
+                self._wake.unpark()
             return
         # Started on demand: most subscribers never back up, and an idle
         # connection with no writer task is a few KB smaller.
@@ -330,7 +346,7 @@ class Subscriber:
                     # A subscriber that backed up once tends to again soon:
                     # linger rather than start a task per backlog.
                     with trio.move_on_after(WRITER_LINGER):
-                        await self._wake.park()
+                        await self._wake_lot().park()
                     if not self.pending:
                         return
                     continue
@@ -342,7 +358,7 @@ class Subscriber:
         """A writer for the subscriber's whole life (when nothing spawns one)."""
         while not self.closed:
             if not self.pending:
-                await self._wake.park()
+                await self._wake_lot().park()
                 continue
             await self._send_pending()
 
@@ -365,11 +381,14 @@ class Subscriber:
         finally:
             self.sending = False
         if not self.pending:
-            self._drained.unpark_all()
+            if self._drained is not None:
+                self._drained.unpark_all()
 
     async def drained(self) -> None:
         """Wait until everything written so far has reached the kernel."""
         while (self.pending or self.sending) and not self.closed:
+            if self._drained is None:
+                self._drained = trio.lowlevel.ParkingLot()
             await self._drained.park()
 
     # -- resume ----------------------------------------------------------

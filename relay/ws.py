@@ -27,6 +27,7 @@ from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, T
 from wsproto.utilities import generate_accept_token
 
 from . import envelope
+from .envelope import Event
 from .errors import BadRequest, MethodNotAllowed, RelayError, Unavailable
 from .route import parse_pattern
 from .subscriber import Subscriber
@@ -53,6 +54,10 @@ class ClientMessage(msgspec.Struct):
 
 
 _client_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+def ws_frame_of(event: Event) -> bytes:
+    return event.ws_frame
 
 
 def gap_frame(after: str, next_id: str) -> bytes:
@@ -133,7 +138,7 @@ class Session:
         self.sub = Subscriber(
             stream,
             "ws",
-            frame=lambda event: event.ws_frame,
+            frame=ws_frame_of,
             gap=gap_frame,
             limit=config.delivery.queue,
             policy=config.delivery.slow_consumer,
@@ -160,11 +165,16 @@ class Session:
             self._woken_early = True
         elif not self._reacting:
             self._reacting = True
-            self.nursery.start_soon(self._react)
+            self._spawn(self._react)
 
-    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Start a task in the session's nursery, unless the session is ending
+        (its nursery closes to new tasks a moment before it leaves the hub)."""
         assert self.nursery is not None
-        self.nursery.start_soon(fn)
+        try:
+            self.nursery.start_soon(fn, *args)
+        except RuntimeError:
+            pass
 
     def tick(self) -> None:
         """Every ``ping_interval``: ping, or close a peer that missed two."""
@@ -173,7 +183,7 @@ class Session:
         if self.unanswered_pings >= 2:
             log.info("closing a websocket that missed two pings")
             self._reacting = True
-            self.nursery.start_soon(self.close, 1011, "missed pings")
+            self._spawn(self.close, 1011, "missed pings")
             return
         self.unanswered_pings += 1
         if self.ws.state is ConnectionState.OPEN:
@@ -282,7 +292,7 @@ class Session:
                 return
             if self._requests is not None and len(self._requests) >= CONTROL_BACKLOG:
                 # A client that floods requests faster than they can be served.
-                self.nursery.start_soon(self.close, 1008, "too many requests", False)
+                self._spawn(self.close, 1008, "too many requests", False)
             else:
                 self._request((message.type, message.channel, message.since))
         elif message.type == "refresh":
@@ -299,7 +309,7 @@ class Session:
         if not self._control_running:
             # Started on demand: most connections never send a request.
             self._control_running = True
-            self.nursery.start_soon(self._control)
+            self._spawn(self._control)
 
     async def _control(self) -> None:
         try:

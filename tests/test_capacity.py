@@ -12,10 +12,10 @@ from conftest import config_text
 
 SUBSCRIBERS = 2000
 # Upper bound of the relay's resident memory per idle subscriber. Measured
-# about 23 KB here (three trio tasks, wsproto and h11 state per connection;
-# see BENCHMARKS.md); the bound leaves room for allocator noise and fails
-# loudly if a change makes a connection much fatter.
-MAX_BYTES_PER_SUBSCRIBER = 32 * 1024
+# about 9.6 KB here (one trio task, its nursery, wsproto's state and the
+# subscriber; see BENCHMARKS.md); the bound leaves room for allocator noise
+# and fails loudly if a change makes a connection much fatter.
+MAX_BYTES_PER_SUBSCRIBER = 16 * 1024
 
 
 def rss(pid: int) -> int:
