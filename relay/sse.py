@@ -71,6 +71,8 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
 
 
 class SseSession:
+    __slots__ = ("app", "stream", "grant", "sub", "nursery", "_ending", "_woken_early")
+
     def __init__(self, app: App, stream: trio.abc.Stream, grant: Grant | None) -> None:
         self.app = app
         self.stream = stream

@@ -46,6 +46,24 @@ SLOW_DRAIN = 1.0  # seconds a slow consumer gets to take its close frame
 CLOSE_WAIT = 1.0  # seconds to wait for the client's close reply
 
 
+class _ServerConnection(Connection):
+    """wsproto's post-handshake connection without its per-connection deque.
+
+    The deque (760 bytes, the largest part of wsproto's state) only ever holds
+    the synthetic close event that ``receive_data(None)`` makes; the relay
+    never calls that (it ends a session at end of input itself). A shared
+    ``deque(maxlen=0)`` takes its place: nothing can accumulate in it, and if
+    a later wsproto stops using ``_events`` this assignment is simply unused.
+    """
+
+    def __init__(self, trailing_data: bytes) -> None:
+        super().__init__(ConnectionType.SERVER, trailing_data=trailing_data)
+        self._events = _NO_EVENTS
+
+
+_NO_EVENTS: deque = deque(maxlen=0)  # type: ignore[type-arg]
+
+
 class ClientMessage(msgspec.Struct):
     type: str
     channel: str | None = None
@@ -129,11 +147,14 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
 
 
 class Session:
+    __slots__ = ("app", "grant", "stream", "ws", "sub", "unanswered_pings", "closing", "expires", "_requests",
+                 "_control_running", "nursery", "_reacting", "_woken_early")
+
     def __init__(self, app: App, stream: trio.abc.Stream, trailing: bytes, grant: Grant | None = None) -> None:
         self.app = app
         self.grant = grant
         self.stream = stream
-        self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
+        self.ws = _ServerConnection(trailing)
         config = app.config
         self.sub = Subscriber(
             stream,
