@@ -113,6 +113,10 @@ class Hub:
         while True:
             while not self._pending:
                 await self._wake.park()
+            # One more scheduler pass before fanning out: webhooks whose
+            # commits are ready join this batch, and each subscriber gets
+            # more events per write (fewer syscalls per frame under load).
+            await trio.lowlevel.cancel_shielded_checkpoint()
             batch, self._pending = self._pending, []
             writes = 0
             start = 0

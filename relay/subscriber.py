@@ -164,6 +164,13 @@ class Subscriber:
                 self.lost()
                 return
             raise
+        if sent == len(data):  # the usual case: all of it in the kernel
+            count = len(events)
+            self.frames += count
+            if self.stats is not None:
+                self.stats[self.transport] += count
+            self.delivered_id = self.last_id = events[-1].id
+            return
         done = 0  # events wholly in the kernel
         offset = 0
         partial: memoryview | None = None
