@@ -10,7 +10,6 @@ EventSource comes back with ``Last-Event-ID``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import h11
@@ -19,6 +18,7 @@ import trio
 from . import envelope
 from .envelope import Event
 from .errors import BadRequest, MethodNotAllowed, Unavailable
+from .session import SessionBase
 from .subscriber import Subscriber
 from .ws import channels_from_query
 
@@ -70,10 +70,11 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
     return True
 
 
-class SseSession:
-    __slots__ = ("app", "stream", "grant", "sub", "nursery", "_ending", "_woken_early")
+class SseSession(SessionBase):
+    __slots__ = ("app", "stream", "grant", "sub")
 
     def __init__(self, app: App, stream: trio.abc.Stream, grant: Grant | None) -> None:
+        super().__init__()
         self.app = app
         self.stream = stream
         self.grant = grant
@@ -90,40 +91,18 @@ class SseSession:
             spawn=self._spawn,
         )
         # As for websockets: no task waits for a deadline; the app's timers
-        # send heartbeats (``tick``) and call back at the token's expiry.
-        self.nursery: trio.Nursery | None = None
-        self._ending = False
-        self._woken_early = False
-
-    def wake(self) -> None:
-        """End the stream: shutdown, slow consumer, browser gone, token expired."""
-        if self.nursery is None:
-            self._woken_early = True
-        elif not self._ending:
-            self._ending = True
-            self._spawn(self._end)
-
-    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
-        """Start a task in the session's nursery, unless the session is ending
-        (its nursery closes to new tasks a moment before it leaves the hub)."""
-        assert self.nursery is not None
-        try:
-            self.nursery.start_soon(fn, *args)
-        except RuntimeError:
-            pass
+        # send heartbeats (``tick``) and call back (``wake``) at expiry.
 
     def tick(self) -> None:
-        if not self._ending:
+        if not self._acting:
             self.sub.write(HEARTBEAT)
 
     async def run(self, patterns: list[str], since: str | None) -> None:
         app, sub = self.app, self.sub
         try:
             async with trio.open_nursery() as nursery:
-                self.nursery = nursery
+                self._started(nursery, app.stopping.is_set())
                 app.sessions.add(self)
-                if self._woken_early or app.stopping.is_set():
-                    self.wake()
                 if self.grant is not None and self.grant.expires is not None:
                     delay = max(0.0, self.grant.expires - app.now())
                     app.timers.call_at(trio.current_time() + delay, self.wake)
@@ -139,7 +118,9 @@ class SseSession:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
 
-    async def _end(self) -> None:
+    async def _react(self) -> None:
+        """Any alarm ends the stream: shutdown, slow consumer, browser gone,
+        token expired."""
         sub = self.sub
         if not sub.closed:
             if sub.overflowed:

@@ -155,15 +155,9 @@ class Subscriber:
                 self.offer(event)
             return
         data = joined.frames(self.transport)
-        try:
-            sent = os.write(self.fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            if exc.errno in _PEER_GONE:
-                self.lost()
-                return
-            raise
+        sent = self._send_now(data)
+        if sent is None:
+            return
         if sent == len(data):  # the usual case: all of it in the kernel
             count = len(events)
             self.frames += count
@@ -233,15 +227,9 @@ class Subscriber:
         if self.closed:
             return
         if not self.pending and not self.sending and self.fd is not None:
-            try:
-                sent = os.write(self.fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                if exc.errno in _PEER_GONE:
-                    self.lost()
-                    return
-                raise
+            sent = self._send_now(data)
+            if sent is None:
+                return
             if sent == len(data):
                 if event_id is not None:
                     self.delivered_id = event_id
@@ -256,6 +244,20 @@ class Subscriber:
         self.pending_ids.append((event_id, counted) if event_id is not None else None)
         # (a gap frame is written with counted=None: tagged, never counted)
         self._kick()
+
+    def _send_now(self, data: bytes) -> int | None:
+        """One non-blocking send on the socket: bytes taken by the kernel, or
+        None when the peer is gone (the subscriber is then ``lost``)."""
+        assert self.fd is not None
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if exc.errno in _PEER_GONE:
+                self.lost()
+                return None
+            raise
 
     def _overflow(self) -> None:
         if self.policy == "drop" and self.hold is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import h11
@@ -30,6 +29,7 @@ from . import envelope
 from .envelope import Event
 from .errors import BadRequest, MethodNotAllowed, RelayError, Unavailable
 from .route import parse_pattern
+from .session import SessionBase
 from .subscriber import Subscriber
 
 if TYPE_CHECKING:
@@ -146,11 +146,12 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
     return True
 
 
-class Session:
+class Session(SessionBase):
     __slots__ = ("app", "grant", "stream", "ws", "sub", "unanswered_pings", "closing", "expires", "_requests",
-                 "_control_running", "nursery", "_reacting", "_woken_early")
+                 "_control_running")
 
     def __init__(self, app: App, stream: trio.abc.Stream, trailing: bytes, grant: Grant | None = None) -> None:
+        super().__init__()
         self.app = app
         self.grant = grant
         self.stream = stream
@@ -173,37 +174,16 @@ class Session:
         # Client requests wait here for the control task (both made on demand).
         self._requests: deque[tuple[str, str, str | None]] | None = None
         self._control_running = False
-        # The session's own tasks are all started on demand (writer, control,
-        # reaction to an alarm); pings and expiry come from the app's timers,
-        # so an idle connection is one task: the reader.
-        self.nursery: trio.Nursery | None = None
-        self._reacting = False
-        self._woken_early = False
-
-    def wake(self) -> None:
-        """Something needs acting on: shutdown, slow consumer, lost peer, expiry."""
-        if self.nursery is None:
-            self._woken_early = True
-        elif not self._reacting:
-            self._reacting = True
-            self._spawn(self._react)
-
-    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
-        """Start a task in the session's nursery, unless the session is ending
-        (its nursery closes to new tasks a moment before it leaves the hub)."""
-        assert self.nursery is not None
-        try:
-            self.nursery.start_soon(fn, *args)
-        except RuntimeError:
-            pass
+        # Pings and expiry come from the app's timers; the session's other
+        # tasks start on demand (``SessionBase``): an idle one is the reader.
 
     def tick(self) -> None:
         """Every ``ping_interval``: ping, or close a peer that missed two."""
-        if self.closing or self._reacting or self.nursery is None:
+        if self.closing or self._acting or self.nursery is None:
             return
         if self.unanswered_pings >= 2:
             log.info("closing a websocket that missed two pings")
-            self._reacting = True
+            self._acting = True
             self._spawn(self.close, 1011, "missed pings")
             return
         self.unanswered_pings += 1
@@ -240,10 +220,8 @@ class Session:
         app, sub = self.app, self.sub
         try:
             async with trio.open_nursery() as nursery:
-                self.nursery = nursery
+                self._started(nursery, app.stopping.is_set())
                 app.sessions.add(self)
-                if self._woken_early or app.stopping.is_set():
-                    self.wake()
                 self._schedule_expiry()
                 # Everything from here to the welcome is synchronous: the
                 # head id in the welcome is exactly where live delivery starts.
@@ -384,7 +362,7 @@ class Session:
         elif self.expires is not None and self.app.now() >= self.expires:
             await self.close(4001, "token expired")
         else:
-            self._reacting = False  # nothing to do after all
+            self._acting = False  # nothing to do after all
 
     async def close(self, code: int, reason: str, wait_reply: bool = True) -> None:
         """Send a close frame, give the client a moment, then end the session."""

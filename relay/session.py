@@ -1,0 +1,49 @@
+"""What every subscriber session (WebSocket or SSE) shares: its nursery and
+how work is started in it.
+
+An idle session is one task. Everything else it does runs as a task started
+on demand in its own nursery: the reaction to an alarm (shutdown, slow
+consumer, lost peer, token expiry), a writer while frames back up, a control
+task for subscribe messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+
+class SessionBase:
+    __slots__ = ("nursery", "_acting", "_woken_early")
+
+    def __init__(self) -> None:
+        self.nursery: trio.Nursery | None = None
+        self._acting = False  # a reaction to an alarm is running
+        self._woken_early = False
+
+    def wake(self) -> None:
+        """Something needs acting on; may be called before the session runs."""
+        if self.nursery is None:
+            self._woken_early = True
+        elif not self._acting:
+            self._acting = True
+            self._spawn(self._react)
+
+    async def _react(self) -> None:
+        raise NotImplementedError
+
+    def _started(self, nursery: trio.Nursery, stopping: bool) -> None:
+        """Call first thing inside the session's nursery."""
+        self.nursery = nursery
+        if self._woken_early or stopping:
+            self.wake()
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Start a task in the session's nursery, unless the session is ending
+        (its nursery closes to new tasks a moment before it leaves the hub)."""
+        assert self.nursery is not None
+        try:
+            self.nursery.start_soon(fn, *args)
+        except RuntimeError:
+            pass
