@@ -370,6 +370,13 @@ def plan(args: argparse.Namespace, load: Path, tmp: Path) -> list[Scenario]:
                 lambda kind, n=n, rate=rate, secs=secs: fanout(
                     load, tmp, kind, subs=n, size=1024, rate=rate, seconds=secs, count=rate * secs),
                 LAT_COLS, ["us_frame", "p50", "p99", "p999", "max"]))
+        if not quick and (not args.subs or 1000 in args.subs):
+            # The other event sizes at one fixed rate.
+            for size in (100, 16384):
+                out.append(Scenario(
+                    "end-to-end latency at a fixed rate, 100 B and 16 KiB", f"1000 subs x 50/s x {size_name(size)}",
+                    lambda kind, size=size: fanout(load, tmp, kind, subs=1000, size=size, rate=50, seconds=4, count=200),
+                    LAT_COLS, ["us_frame", "p50", "p99", "p999", "max"]))
     if "stall" in only:
         secs = 2 if quick else 4
         for stall in (0, 1):
