@@ -44,7 +44,8 @@ from coredis.retry import NoRetryPolicy
 
 from ..config import StoreConfig
 from ..envelope import Draft, Event, encode_envelope
-from .base import Appended, Store, StoreUnavailable, selects
+from . import base
+from .base import Appended, GroupCommit, Store, StoreUnavailable, selects
 
 log = logging.getLogger("relay.store")
 
@@ -239,15 +240,6 @@ _READ_PAGE = 1000
 _CATCH_UP = 5.0
 
 
-class _Batch:
-    __slots__ = ("drafts", "done", "results", "error")
-
-    def __init__(self) -> None:
-        self.drafts: list[Draft] = []
-        self.done = trio.Event()
-        self.results: list[Appended] = []
-        self.error: BaseException | None = None
-
 
 class RedisStore(Store):
     def __init__(self, config: StoreConfig, publish: Callable[[list[Event]], None]) -> None:
@@ -257,9 +249,7 @@ class RedisStore(Store):
         self.mark = config.prefix + "pruned"
         self.where = redacted(config.url)
         self._client: coredis.Redis | None = None  # appends, reads and pings
-        self._batch = _Batch()
-        self._wake = trio.Event()
-        self._closing = False
+        self._queue = GroupCommit(base.MAX_BACKLOG)
         self._running = False
         self._stopped = trio.Event()
         self._position: StreamKey = (0, 0)  # last id the tail delivered
@@ -333,7 +323,7 @@ class RedisStore(Store):
                 finally:
                     self._running = False
                     self._stopped.set()
-                    self._fail_pending()
+                    self._queue.fail_pending("the relay is shutting down")
                     nursery.cancel_scope.cancel()
             self._client = None
 
@@ -345,30 +335,16 @@ class RedisStore(Store):
         self._from_log = True
         self._pruned = max(self._pruned, pruned)
 
-    def _fail_pending(self) -> None:
-        batch = self._batch
-        if batch.drafts and not batch.done.is_set():
-            batch.error = StoreUnavailable("the relay is shutting down")
-            batch.done.set()
-
     async def close(self) -> None:
         """Store what is pending, then let ``run`` end."""
-        self._closing = True
-        self._wake.set()
+        self._queue.close()
         if self._running:
             await self._stopped.wait()
 
     # -- writes ----------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        while True:
-            if not self._batch.drafts:
-                if self._closing:
-                    return
-                await self._wake.wait()
-                self._wake = trio.Event()
-                continue
-            batch, self._batch = self._batch, _Batch()
+        while (batch := await self._queue.next()) is not None:
             try:
                 for chunk in chunks(batch.drafts, _SCRIPT_DRAFTS, _SCRIPT_BYTES):
                     batch.results += await self._commit(chunk)
@@ -413,16 +389,9 @@ class RedisStore(Store):
         return out
 
     async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
-        if self._closing or not self._running:
+        if self._queue.closing or not self._running:
             raise StoreUnavailable("the event store is not running")
-        batch = self._batch
-        start = len(batch.drafts)
-        batch.drafts.extend(drafts)
-        self._wake.set()
-        await batch.done.wait()
-        if batch.error is not None:
-            raise batch.error
-        return batch.results[start : start + len(drafts)]
+        return await self._queue.join(drafts)
 
     # -- the tail --------------------------------------------------------
 

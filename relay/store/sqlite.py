@@ -19,7 +19,8 @@ import trio
 
 from ..config import StoreConfig
 from ..envelope import Draft, Event, encode_envelope
-from .base import Appended, SeqLog, StoreUnavailable
+from . import base
+from .base import Appended, Batch, GroupCommit, SeqLog, StoreUnavailable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -37,10 +38,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_ts ON deliveries (ts);
 """
-
-# Webhooks waiting for the next commit before ingest answers 503. One commit
-# of this many takes well under a second on any disk that fsyncs at all.
-MAX_BACKLOG = 10_000
 
 # Age retention scans an index; once a second is plenty.
 _AGE_SWEEP_MS = 1000
@@ -68,24 +65,13 @@ def pattern_sql(patterns: Sequence[str]) -> tuple[str, list[object]]:
     return ("(" + " OR ".join(clauses) + ")") if clauses else "0", args
 
 
-class _Batch:
-    __slots__ = ("drafts", "done", "results", "error")
-
-    def __init__(self) -> None:
-        self.drafts: list[Draft] = []
-        self.done = trio.Event()
-        self.results: list[Appended] = []
-        self.error: BaseException | None = None
-
 
 class SqliteStore(SeqLog):
     def __init__(self, config: StoreConfig, publish: Callable[[list[Event]], None]) -> None:
         self.config = config
         self.publish = publish
         self.path = config.path
-        self._batch = _Batch()
-        self._wake = trio.Event()
-        self._closing = False
+        self._queue = GroupCommit(base.MAX_BACKLOG)
         self._running = False
         self._stopped = trio.Event()
         self._writer: sqlite3.Connection | None = None
@@ -122,14 +108,7 @@ class SqliteStore(SeqLog):
         self._running = True
         task_status.started()
         try:
-            while True:
-                if not self._batch.drafts:
-                    if self._closing:
-                        break
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-                    continue
-                batch, self._batch = self._batch, _Batch()
+            while (batch := await self._queue.next()) is not None:
                 try:
                     fresh = await trio.to_thread.run_sync(self._commit, batch)
                 except sqlite3.Error as exc:
@@ -142,7 +121,7 @@ class SqliteStore(SeqLog):
         finally:
             self._running = False
             self._stopped.set()
-            self._fail_pending()
+            self._queue.fail_pending("the relay is shutting down")
             writer, reader = self._writer, self._reader
             self._writer = self._reader = None
             with trio.CancelScope(shield=True):
@@ -150,22 +129,15 @@ class SqliteStore(SeqLog):
                     if conn is not None:
                         await trio.to_thread.run_sync(conn.close)
 
-    def _fail_pending(self) -> None:
-        batch = self._batch
-        if batch.drafts and not batch.done.is_set():
-            batch.error = StoreUnavailable("the relay is shutting down")
-            batch.done.set()
-
     async def close(self) -> None:
         """Commit what is pending, then let ``run`` end."""
-        self._closing = True
-        self._wake.set()
+        self._queue.close()
         if self._running:
             await self._stopped.wait()
 
     # -- writes ----------------------------------------------------------
 
-    def _commit(self, batch: _Batch) -> list[Event]:
+    def _commit(self, batch: Batch) -> list[Event]:
         """Runs in a worker thread: one transaction for the whole batch."""
         db = self._writer
         assert db is not None
@@ -235,20 +207,9 @@ class SqliteStore(SeqLog):
         return pruned
 
     async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
-        if self._closing or not self._running:
+        if self._queue.closing or not self._running:
             raise StoreUnavailable("the event store is not running")
-        batch = self._batch
-        if len(batch.drafts) >= MAX_BACKLOG:
-            # The disk cannot keep up: refuse (503 + Retry-After) rather than
-            # hold ever more webhooks in memory without an acknowledgement.
-            raise StoreUnavailable(f"the event store is behind ({len(batch.drafts)} webhooks waiting to commit)")
-        start = len(batch.drafts)
-        batch.drafts.extend(drafts)
-        self._wake.set()
-        await batch.done.wait()
-        if batch.error is not None:
-            raise batch.error
-        return batch.results[start : start + len(drafts)]
+        return await self._queue.join(drafts)
 
     # -- reads -----------------------------------------------------------
 
