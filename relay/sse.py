@@ -106,7 +106,8 @@ class SseSession(SessionBase):
                 if self.grant is not None and self.grant.expires is not None:
                     delay = max(0.0, self.grant.expires - app.now())
                     app.timers.call_at(trio.current_time() + delay, self.wake)
-                sub.subscribe(app.hub, patterns, resuming=since is not None)
+                start = app.store.parse_id(since if since is not None else app.hub.head)
+                sub.subscribe(app.hub, patterns, resuming=since is not None, start=start)
                 sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.hub.head.encode() + b"\n\n"))
                 if since is not None:
                     nursery.start_soon(sub.replay, app.store, patterns, since)

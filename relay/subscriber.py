@@ -40,6 +40,12 @@ WRITER_LINGER = 5.0
 _REPLAY_PAGE = 500
 
 
+def _reaches(event: Event, subscriptions: list[tuple[str, object]]) -> bool:
+    """Does one of ``subscriptions`` (pattern, start key) deliver ``event``?"""
+    return any(event.key > start and matches(pattern, event.channel)  # type: ignore[operator]
+               for pattern, start in subscriptions)
+
+
 def raw_fd(stream: trio.abc.Stream) -> int | None:
     """The socket's fd when writing to it directly is safe (plain TCP)."""
     if isinstance(stream, trio.SocketStream):
@@ -53,6 +59,7 @@ class Subscriber:
         "stream", "transport", "frame", "gap", "limit", "policy", "fd", "patterns", "pending", "pending_ids",
         "queued", "delivered_id", "dropped", "sending", "closed", "hold", "floor", "gap_after", "last_id",
         "frames", "stats", "overflowed", "on_trouble", "_wake", "_drained", "_spawn", "_writer_running",
+        "start", "covered",
     )
 
     def __init__(
@@ -89,7 +96,10 @@ class Subscriber:
         # or below it on those patterns was sent by the replay already (it
         # was stored before its fan-out reached us). Cleared by the first
         # live event above it: the hub publishes in log order.
-        self.floor: tuple[object, Sequence[str]] | None = None
+        self.floor: tuple[object, Sequence[str], list[tuple[str, object]]] | None = None
+        # Where each subscription's delivery starts (see ``subscribe``).
+        self.start: object = None
+        self.covered: dict[str, object] | None = None
         self.gap_after: str | None = None
         self.last_id: str | None = None
         self.frames = 0
@@ -109,13 +119,22 @@ class Subscriber:
 
     # -- subscriptions --------------------------------------------------
 
-    def subscribe(self, hub: Hub, patterns: Sequence[str], resuming: bool) -> None:
-        """Register ``patterns`` with the hub. When ``resuming``, live events
-        are held from this moment until ``replay`` has run."""
-        for pattern in patterns:
-            if pattern not in self.patterns:
-                hub.add(self, pattern)
-                self.patterns.add(pattern)
+    def subscribe(self, hub: Hub, patterns: Sequence[str], resuming: bool, start: object) -> None:
+        """Register ``patterns`` with the hub. ``start`` is the key after
+        which every event on them reaches this subscriber (``since``, or the
+        hub's head for a live-only subscription). When ``resuming``, live
+        events are held from this moment until ``replay`` has run."""
+        new = [p for p in patterns if p not in self.patterns]
+        if not self.patterns and self.covered is None:
+            self.start = start  # the first subscriptions: one slot, no dict
+        else:
+            if self.covered is None:
+                self.covered = {}
+            for pattern in new:
+                self.covered[pattern] = start
+        for pattern in new:
+            hub.add(self, pattern)
+            self.patterns.add(pattern)
         if resuming and self.hold is None:
             self.hold = []
 
@@ -123,6 +142,13 @@ class Subscriber:
         if pattern in self.patterns:
             self.patterns.discard(pattern)
             hub.discard(self, pattern)
+            if self.covered is not None:
+                self.covered.pop(pattern, None)
+
+    def _covered_from(self, pattern: str) -> object:
+        if self.covered is not None and pattern in self.covered:
+            return self.covered[pattern]
+        return self.start
 
     def detach(self, hub: Hub) -> None:
         hub.remove(self, self.patterns)
@@ -200,7 +226,7 @@ class Subscriber:
         if event.key > floor[0]:  # type: ignore[operator]
             self.floor = None
             return False
-        return any(matches(p, event.channel) for p in floor[1])
+        return any(matches(p, event.channel) for p in floor[1]) and not _reaches(event, floor[2])
 
     # -- the send path ---------------------------------------------------
 
@@ -411,13 +437,17 @@ class Subscriber:
         """
         after = store.parse_id(since)
         self.hold = [] if self.hold is None else self.hold
+        # The connection's other subscriptions: a stored event they already
+        # deliver (live, or by their own resume) is not sent twice.
+        others = [(p, self._covered_from(p)) for p in self.patterns if p not in patterns]
         try:
             if store.lost_after(after):
                 self.gap_after = since
             while not self.closed:
                 events = await store.read(after, patterns, _REPLAY_PAGE)
                 for event in events:
-                    self._emit(event, counted=False)
+                    if not (others and _reaches(event, others)):
+                        self._emit(event, counted=False)
                 if events:
                     after = events[-1].key
                 if len(events) < _REPLAY_PAGE:
@@ -425,7 +455,7 @@ class Subscriber:
                 await self.drained()
         finally:
             held, self.hold = self.hold, None
-            self.floor = (after, patterns)
+            self.floor = (after, patterns, others)
             for event in held:
                 if not self.closed and not self._replayed(event):
                     self._emit(event, counted=True)

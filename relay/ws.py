@@ -225,7 +225,8 @@ class Session(SessionBase):
                 self._schedule_expiry()
                 # Everything from here to the welcome is synchronous: the
                 # head id in the welcome is exactly where live delivery starts.
-                sub.subscribe(app.hub, patterns, resuming=since is not None and bool(patterns))
+                start = app.store.parse_id(since if since is not None else app.hub.head)
+                sub.subscribe(app.hub, patterns, resuming=since is not None and bool(patterns), start=start)
                 self.send_json({"type": "welcome", "id": app.hub.head, "channels": patterns})
                 if since is not None and patterns:
                     self._request(("resume", ",".join(patterns), since))
@@ -343,7 +344,8 @@ class Session(SessionBase):
         except RelayError as exc:
             self.error(exc.code, exc.detail)
             return
-        sub.subscribe(app.hub, [pattern], resuming=since is not None)
+        start = app.store.parse_id(since if since is not None else app.hub.head)
+        sub.subscribe(app.hub, [pattern], resuming=since is not None, start=start)
         self.send_json({"type": "subscribed", "channel": pattern, "id": app.hub.head})
         if since is not None:
             await sub.replay(app.store, [pattern], since)

@@ -50,7 +50,7 @@ async def test_runs_written_through_a_tiny_socket_buffer_arrive_whole_and_in_ord
     hub = Hub()
     server, client = await pair()
     sub = Subscriber(server, "ws", lambda e: e.ws_frame, gap_frame, limit=10_000, policy=policy)
-    sub.subscribe(hub, ["c"], resuming=False)
+    sub.subscribe(hub, ["c"], resuming=False, start=0)
     events = [event(n) for n in range(1, 201)]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hub.run)
@@ -71,7 +71,7 @@ async def test_a_backed_up_subscriber_in_drop_mode_gets_gaps_and_its_neighbour_e
     slow = Subscriber(slow_server, "ws", lambda e: e.ws_frame, gap_frame, limit=8, policy="drop")
     fast = Subscriber(fast_server, "ws", lambda e: e.ws_frame, gap_frame, limit=10_000)
     for sub in (slow, fast):
-        sub.subscribe(hub, ["c"], resuming=False)
+        sub.subscribe(hub, ["c"], resuming=False, start=0)
     events = [event(n) for n in range(1, 301)]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hub.run)

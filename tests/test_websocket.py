@@ -210,3 +210,19 @@ async def test_a_client_that_answers_no_pings_is_closed(autojump_clock):
         assert b"\x88" in received  # then a close frame
         assert relay.app.subscriber_count() == 0
         await stream.aclose()
+
+
+async def test_resuming_a_pattern_that_overlaps_a_live_subscription_sends_nothing_twice(relay, http):
+    async with open_websocket_url(f"{relay.ws_base}/ws?channel=pay.charge") as ws:
+        await next_json(ws)
+        before = await post_json(http, relay, "pay", {"type": "refund"})
+        live = await post_json(http, relay, "pay", {"type": "charge"})
+        assert (await next_json(ws))["id"] == live  # delivered live by pay.charge
+        other = await post_json(http, relay, "pay", {"type": "refund"})
+        await ws.send_message(json.dumps({"type": "subscribe", "channel": "pay.*", "since": ""}))
+        assert (await next_json(ws))["type"] == "subscribed"
+        # The replay brings what pay.charge did not deliver, and not `live` again.
+        assert [(await next_json(ws))["id"] for _ in range(2)] == [before, other]
+        after = await post_json(http, relay, "pay", {"type": "charge"})
+        assert (await next_json(ws))["id"] == after
+        await nothing_more(ws)
