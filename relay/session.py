@@ -10,8 +10,15 @@ task for subscribe messages.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
+
+from .subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from .app import App
+    from .envelope import Event
 
 
 class SessionBase:
@@ -21,6 +28,14 @@ class SessionBase:
         self.nursery: trio.Nursery | None = None
         self._acting = False  # a reaction to an alarm is running
         self._woken_early = False
+
+    def _subscriber(self, app: App, stream: trio.abc.Stream, transport: str,
+                    frame: Callable[[Event], bytes], gap: Callable[[str, str], bytes]) -> Subscriber:
+        """The session's subscriber, with the delivery config and its callbacks."""
+        delivery = app.config.delivery
+        return Subscriber(stream, transport, frame=frame, gap=gap, limit=delivery.queue,
+                          policy=delivery.slow_consumer, stats=app.frames_sent, on_trouble=self.wake,
+                          spawn=self._spawn)
 
     def wake(self) -> None:
         """Something needs acting on; may be called before the session runs."""

@@ -19,7 +19,6 @@ from . import envelope
 from .envelope import Event
 from .errors import BadRequest, MethodNotAllowed, Unavailable
 from .session import SessionBase
-from .subscriber import Subscriber
 from .ws import channels_from_query
 
 if TYPE_CHECKING:
@@ -78,18 +77,7 @@ class SseSession(SessionBase):
         self.app = app
         self.stream = stream
         self.grant = grant
-        config = app.config
-        self.sub = Subscriber(
-            stream,
-            "sse",
-            frame=sse_chunk_of,
-            gap=gap_chunk,
-            limit=config.delivery.queue,
-            policy=config.delivery.slow_consumer,
-            stats=app.frames_sent,
-            on_trouble=self.wake,
-            spawn=self._spawn,
-        )
+        self.sub = self._subscriber(app, stream, "sse", sse_chunk_of, gap_chunk)
         # As for websockets: no task waits for a deadline; the app's timers
         # send heartbeats (``tick``) and call back (``wake``) at expiry.
 

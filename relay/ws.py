@@ -30,7 +30,6 @@ from .envelope import Event
 from .errors import BadRequest, MethodNotAllowed, RelayError, Unavailable
 from .route import parse_pattern
 from .session import SessionBase
-from .subscriber import Subscriber
 
 if TYPE_CHECKING:
     from .app import App
@@ -156,18 +155,7 @@ class Session(SessionBase):
         self.grant = grant
         self.stream = stream
         self.ws = _ServerConnection(trailing)
-        config = app.config
-        self.sub = Subscriber(
-            stream,
-            "ws",
-            frame=ws_frame_of,
-            gap=gap_frame,
-            limit=config.delivery.queue,
-            policy=config.delivery.slow_consumer,
-            stats=app.frames_sent,
-            on_trouble=self.wake,
-            spawn=self._spawn,
-        )
+        self.sub = self._subscriber(app, stream, "ws", ws_frame_of, gap_frame)
         self.unanswered_pings = 0
         self.closing = False
         self.expires: float | None = grant.expires if grant is not None else None
