@@ -1,18 +1,19 @@
-"""The one listening port: HTTP/1.1 with keep-alive, driven by h11.
+"""The one listening port: HTTP/1.1 with keep-alive, the trio shell around
+the pure state machine of ``http1.py``.
 
 Each connection is a loop of requests. Webhooks go to ``App.ingest``;
-``GET /ws`` is answered with a 101 by h11 itself and the rest of the stream is
-handed to the WebSocket session; ``/healthz`` and ``/readyz`` answer here.
+``GET /ws`` is answered with a 101 here and the rest of the stream is handed
+to the WebSocket session; ``/healthz`` and ``/readyz`` answer here.
 
-Why h11 plus wsproto's ``Connection`` rather than trio-websocket: the request
-line and headers have already been parsed by h11 when we learn a request is an
-upgrade, and trio-websocket's server handshake insists on reading the request
-itself. Rather than replay bytes into it, h11 sends the 101 and wsproto's
-post-handshake ``Connection`` takes the bytes h11 read past the request
+Why our parser plus wsproto's ``Connection`` rather than trio-websocket: the
+request line and headers have already been parsed when we learn a request is
+an upgrade, and trio-websocket's server handshake insists on reading the
+request itself. Rather than replay bytes into it, we send the 101 and
+wsproto's post-handshake ``Connection`` takes the bytes read past the request
 (``trailing_data``). That keeps one parser per protocol and leaves the send
 path free to write pre-built frames shared by all subscribers, which
 trio-websocket's ``send_message`` (encode per connection, lock, always yield)
-cannot do.
+cannot do. ``http1.py`` says why the parser is our own.
 
 Timeouts map to statuses at this edge: headers must arrive within
 ``HEADER_TIMEOUT`` (slowloris), a body within ``BODY_TIMEOUT``; an idle
@@ -24,19 +25,20 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote
 
-import h11
 import trio
 
-from . import envelope
+from . import envelope, http1
 from .errors import BadRequest, MethodNotAllowed, NotFound, RelayError, TooLarge
 from .errors import RateLimited, Unavailable
 from .ingest import Challenge
+from .subscriber import raw_fd
 
 if TYPE_CHECKING:
     from .app import App
@@ -62,22 +64,15 @@ class Request:
     headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
 
 
-def _request(event: h11.Request) -> Request:
-    target = event.target.decode("ascii", "replace")
+def _request(event: http1.Request) -> Request:
+    target = event.target
     raw_path, _, raw_query = target.partition("?")
-    headers: dict[str, str] = {}
-    # raw_items() is a plain list; iterating Headers itself goes through
-    # Sequence.__getitem__ once per header. h11 lower-cases names the same way.
-    for name, value in event.headers.raw_items():
-        key = name.lower().decode("ascii", "replace")
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return Request(
-        method=event.method.decode("ascii", "replace"),
+        method=event.method,
         target=target,
-        path=unquote(raw_path),
+        path=unquote(raw_path) if "%" in raw_path else raw_path,
         query=parse_qs(raw_query, keep_blank_values=True) if raw_query else {},
-        headers=headers,
+        headers=event.headers,
     )
 
 
@@ -106,10 +101,11 @@ class HttpConnection:
     def __init__(self, app: App, stream: trio.abc.Stream) -> None:
         self.app = app
         self.stream = stream
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.conn = http1.Connection(MAX_HEADER_BYTES)
         self.head = False
         self.detached = False  # the stream now belongs to a subscriber session
         self.peer: str | None = None  # the socket's peer address, looked up once
+        self.fd = raw_fd(stream)
 
     async def send(self, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
                    content_type: str = "application/json") -> None:
@@ -118,10 +114,23 @@ class HttpConnection:
             hs.extend(headers)
         if self.app.stopping.is_set():
             hs.append(("connection", "close"))
-        data = self.conn.send(h11.Response(status_code=status, headers=hs))
-        if body and not self.head:  # a HEAD answer has the headers of GET, no body
-            data += self.conn.send(h11.Data(data=body))
-        data += self.conn.send(h11.EndOfMessage())
+        # A HEAD answer has the headers of GET, no body.
+        await self.write(self.conn.respond(status, hs, b"" if self.head else body))
+
+    async def write(self, data: bytes) -> None:
+        """Try one non-blocking write first: an answer nearly always fits the
+        socket buffer, and ``send_all`` costs two trips through the
+        scheduler per answer. The loop still yields at every read."""
+        if self.fd is not None:
+            try:
+                sent = os.write(self.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"the client is gone: {exc}") from None
+            if sent == len(data):
+                return
+            data = data[sent:]
         await self.stream.send_all(data)
 
     async def send_error(self, error: RelayError) -> None:
@@ -136,7 +145,7 @@ class HttpConnection:
     async def _close(self) -> None:
         with trio.move_on_after(LINGER) as scope:
             scope.shield = True
-            if self.conn.their_state in (h11.SEND_BODY, h11.ERROR) and self.conn.our_state in (h11.DONE, h11.MUST_CLOSE):
+            if self.conn.their_state in (http1.SEND_BODY, http1.ERROR) and self.conn.our_state in (http1.DONE, http1.MUST_CLOSE):
                 # We answered (413, 400) before reading all the client sent.
                 # Closing with unread bytes makes the kernel reset the
                 # connection, and the client may never see our answer: shut
@@ -162,18 +171,18 @@ class HttpConnection:
             if not self.detached:
                 await self._close()
 
-    async def _read_head(self, scope: trio.CancelScope) -> h11.Event:
+    async def _read_head(self, scope: trio.CancelScope) -> object:
         """The next request head, read under ``scope``: its deadline is the
         wait for the first byte (idle keep-alive); once that byte came, the
         rest must follow within HEADER_TIMEOUT. One scope per request whose
         deadline moves is cheaper than a ``fail_after`` per read."""
         event = self.conn.next_event()
-        if event is h11.NEED_DATA:
+        if event is http1.NEED_DATA:
             self.conn.receive_data(await self.stream.receive_some(RECEIVE))
             event = self.conn.next_event()
-            if event is h11.NEED_DATA:
+            if event is http1.NEED_DATA:
                 scope.deadline = trio.current_time() + HEADER_TIMEOUT
-                while event is h11.NEED_DATA:
+                while event is http1.NEED_DATA:
                     self.conn.receive_data(await self.stream.receive_some(RECEIVE))
                     event = self.conn.next_event()
         return event
@@ -189,66 +198,66 @@ class HttpConnection:
                     if self.app.stopping.is_set():
                         return
                     event = await self._read_head(idle)
-                except h11.RemoteProtocolError as exc:
+                except http1.ProtocolError as exc:
                     idle.deadline = math.inf  # the 400 is not held to the header timeout
                     await self._bad_http(exc)
                     return
                 finally:
                     self.app.idle.discard(idle)
-            if idle.cancelled_caught or isinstance(event, h11.ConnectionClosed):
+            if idle.cancelled_caught or event is http1.CONNECTION_CLOSED:
                 return
-            assert isinstance(event, h11.Request), event
+            assert isinstance(event, http1.Request), event
             if await self._dispatch(_request(event)):
                 return  # upgraded: the WebSocket session owned the stream
-            if self.conn.their_state is h11.SEND_BODY and self.conn.our_state is h11.DONE:
+            if self.conn.their_state is http1.SEND_BODY and self.conn.our_state is http1.DONE:
                 # A request we answered without needing its body (a GET,
                 # usually empty): read past it so the connection can be reused.
                 try:
                     await self._read_body(UNREAD_BODY_LIMIT)
                 except (RelayError, trio.TooSlowError):
                     return
-            if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is not h11.DONE:
+            if self.conn.our_state is not http1.DONE or self.conn.their_state is not http1.DONE:
                 return
             if self.app.stopping.is_set():
                 return
             self.conn.start_next_cycle()
             wait = IDLE_TIMEOUT
 
-    async def _bad_http(self, exc: h11.RemoteProtocolError) -> None:
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = envelope.encode({"error": "bad_request", "detail": f"malformed HTTP: {exc}"})
-            status = exc.error_status_hint or 400
+    async def _bad_http(self, exc: http1.ProtocolError) -> None:
+        if self.conn.our_state in (http1.IDLE, http1.SEND_RESPONSE):
+            body = envelope.encode({"error": "bad_request", "detail": f"malformed HTTP: {exc.detail}"})
+            data = self.conn.refuse(exc.status, [
+                ("content-type", "application/json"), ("content-length", str(len(body)))], body)
             try:
-                data = self.conn.send(h11.Response(status_code=status, headers=[
-                    ("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")]))
-                data += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
                 await self.stream.send_all(data)
-            except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
     async def _read_body(self, limit: int) -> bytes:
         """The body, at most ``limit`` bytes, all of it within BODY_TIMEOUT.
-        What h11 already holds is taken without a cancel scope: a small
+        What the parser already holds is taken without a cancel scope: a small
         webhook's body usually came in the same read as its head."""
         deadline = trio.current_time() + BODY_TIMEOUT
         chunks: list[bytes] = []
         size = 0
+        conn = self.conn
         while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
+            event = conn.next_event()
+            if event is http1.NEED_DATA:
                 with trio.CancelScope(deadline=deadline) as scope:
-                    self.conn.receive_data(await self.stream.receive_some(RECEIVE))
+                    if conn.client_waits:  # Expect: 100-continue
+                        await self.write(conn.send_continue())
+                    conn.receive_data(await self.stream.receive_some(RECEIVE))
                 if scope.cancelled_caught:
                     raise trio.TooSlowError
-            elif isinstance(event, h11.Data):
+            elif event is http1.END_OF_MESSAGE:
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            else:
+                assert isinstance(event, http1.Data), event
                 size += len(event.data)
                 if size > limit:
                     raise TooLarge(f"body is over the limit of {limit} bytes")
                 chunks.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(chunks)
-            elif isinstance(event, h11.ConnectionClosed):
-                raise BadRequest("connection closed before the body ended")
 
     async def _dispatch(self, request: Request) -> bool:
         """Answer one request; True when the connection was upgraded."""
@@ -283,14 +292,14 @@ class HttpConnection:
                 raise NotFound(f"nothing at {path[:200]!r}")
         except RelayError as error:
             await self._fail(error)
-        except h11.RemoteProtocolError as exc:
+        except http1.ProtocolError as exc:
             await self._bad_http(exc)
         except trio.TooSlowError:
             await self._fail(BadRequest("request body timed out"), status=408)
         return False
 
     async def _fail(self, error: RelayError, status: int | None = None) -> None:
-        if self.conn.our_state is not h11.SEND_RESPONSE:
+        if self.conn.our_state is not http1.SEND_RESPONSE:
             return
         if status is not None:
             error.status = status

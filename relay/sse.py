@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import h11
 import trio
 
 from . import envelope
@@ -43,7 +42,7 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
     app = hc.app
     if request.method != "GET":
         raise MethodNotAllowed(f"{request.method} is not allowed; open an event stream with GET", "GET")
-    if hc.conn.their_http_version != b"1.1":
+    if hc.conn.version != "1.1":
         raise BadRequest("event streams need HTTP/1.1")
     patterns = channels_from_query(request.query)
     if not patterns:
@@ -57,12 +56,12 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
     grant = app.authorize(request, patterns)
     if app.subscriber_count() >= app.config.server.max_connections:
         raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
-    head = hc.conn.send(h11.Response(status_code=200, headers=[
+    head = hc.conn.switch(200, [
         ("content-type", "text/event-stream"),
         ("cache-control", "no-cache"),
         ("x-accel-buffering", "no"),  # tell nginx not to buffer the stream
         ("transfer-encoding", "chunked"),
-    ]))
+    ])
     await hc.stream.send_all(head)
     hc.detached = True
     app.hand_off(SseSession(app, hc.stream, grant).run, patterns, since)

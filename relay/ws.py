@@ -1,8 +1,9 @@
 """WebSocket subscribers: the upgrade, the session, and the client's messages.
 
-h11 has parsed the upgrade request (see ``http.py`` for why); this module
-answers it with a 101 and runs the session on wsproto's post-handshake
-``Connection``, which parses client frames and builds control frames. Event
+``http.py`` has parsed the upgrade request (it says why the session runs on
+wsproto rather than trio-websocket); this module answers it with a 101 and
+runs the session on wsproto's post-handshake ``Connection``, which parses
+client frames and builds control frames. Event
 frames do not pass through wsproto: they are the shared bytes of
 ``Event.ws_frame``, written by the subscriber's send path.
 
@@ -18,7 +19,6 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-import h11
 import msgspec
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -131,14 +131,14 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
     if app.subscriber_count() >= app.config.server.max_connections:
         raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
     response = [
-        (b"upgrade", b"websocket"),
-        (b"connection", b"Upgrade"),
-        (b"sec-websocket-accept", generate_accept_token(key.encode())),
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-accept", generate_accept_token(key.encode()).decode("ascii")),
     ]
     if subprotocol:
-        response.append((b"sec-websocket-protocol", subprotocol.encode()))
-    await hc.stream.send_all(hc.conn.send(h11.InformationalResponse(status_code=101, headers=response)))
-    trailing, _closed = hc.conn.trailing_data
+        response.append(("sec-websocket-protocol", subprotocol))
+    await hc.stream.send_all(hc.conn.switch(101, response))
+    trailing = hc.conn.trailing_data
     session = Session(app, hc.stream, trailing, grant)
     hc.detached = True
     app.hand_off(session.run, patterns, since)

@@ -206,3 +206,39 @@ async def test_a_body_longer_than_content_length_is_cut_at_the_length_and_the_re
     assert b"HTTP/1.1 400 " in out
     stored = await relay.app.store.read(0, ["*"], 10)
     assert len(stored) == 1 and b'"data":{"a":1}' in stored[0].envelope
+
+
+async def test_a_client_that_expects_100_continue_is_asked_for_its_body_and_answered(relay):
+    # curl sends "Expect: 100-continue" for bodies over 1 KiB and waits for the 100.
+    body = json.dumps({"pad": "x" * 2000}).encode()
+    stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+    async with stream:
+        await stream.send_all(b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        with trio.fail_after(10):
+            first = await stream.receive_some(65536)
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        await stream.send_all(body)
+        out = b""
+        with trio.fail_after(10):
+            while b"}" not in out:
+                out += await stream.receive_some(65536)
+    assert out.startswith(b"HTTP/1.1 202 ")
+    assert relay.app.store.head == "1"
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n",
+    b"Content-Length: 7\r\nContent-Length: 8\r\n\r\n{\"a\":1} ",
+    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n",
+    b"X-Folded: a\r\n b\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+    b"Content-Length : 7\r\n\r\n{\"a\":1}",
+])
+async def test_a_request_whose_body_could_be_framed_two_ways_is_refused_and_nothing_stored(relay, http, framing):
+    # What a proxy in front and the relay might read differently (request
+    # smuggling) is refused outright, never guessed at.
+    out = await raw_exchange(relay.port, b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             + framing)
+    assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out
+    assert relay.app.store.head == ""
+    assert (await post(http, relay, "demo")).status_code == 202
