@@ -187,11 +187,13 @@ class App:
             # One broken connection must never take the relay down.
             log.exception("connection failed")
 
-    def _tune(self, stream: trio.SocketStream) -> None:
-        """Find half-open peers: TCP keepalive probes on idle connections, and
-        a cap on how long sent data may stay unacknowledged."""
+    def tune_subscriber(self, stream: trio.abc.Stream) -> None:
+        """Find half-open subscribers: TCP keepalive probes on idle
+        connections, and a cap on how long sent data may stay unacknowledged.
+        Only connections that become subscriptions pay for these five calls;
+        a webhook's connection is short-lived and bounded by IDLE_TIMEOUT."""
         interval = self.config.server.ping_interval
-        sock = stream.socket
+        sock = getattr(stream, "transport_stream", stream).socket  # type: ignore[attr-defined]
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if hasattr(socket, "TCP_KEEPIDLE"):
@@ -217,7 +219,6 @@ class App:
                         await trio.sleep(0.1)
                         continue
                     raise
-                self._tune(stream)
                 conns.start_soon(self._connection, stream)
         await listener.aclose()
 

@@ -143,13 +143,14 @@ class HttpConnection:
         await self.send(error.status, body, headers)
 
     async def _close(self) -> None:
-        with trio.move_on_after(LINGER) as scope:
-            scope.shield = True
-            if self.conn.their_state in (http1.SEND_BODY, http1.ERROR) and self.conn.our_state in (http1.DONE, http1.MUST_CLOSE):
-                # We answered (413, 400) before reading all the client sent.
-                # Closing with unread bytes makes the kernel reset the
-                # connection, and the client may never see our answer: shut
-                # our side, then read and discard a bounded amount first.
+        conn = self.conn
+        if conn.their_state in (http1.SEND_BODY, http1.ERROR) and conn.our_state in (http1.DONE, http1.MUST_CLOSE):
+            # We answered (413, 400) before reading all the client sent.
+            # Closing with unread bytes makes the kernel reset the
+            # connection, and the client may never see our answer: shut
+            # our side, then read and discard a bounded amount first.
+            with trio.move_on_after(LINGER) as scope:
+                scope.shield = True
                 try:
                     await self.stream.send_eof()  # type: ignore[attr-defined]
                     drained = 0
@@ -160,6 +161,13 @@ class HttpConnection:
                         drained += len(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
                     pass
+        if self.fd is not None:
+            # A plain socket closes at once, cancelled or not; only TLS has a
+            # goodbye to send, under a shield and a bound.
+            await self.stream.aclose()
+            return
+        with trio.move_on_after(LINGER) as scope:
+            scope.shield = True
             await self.stream.aclose()
 
     async def serve(self) -> None:
@@ -188,40 +196,45 @@ class HttpConnection:
         return event
 
     async def _serve(self) -> None:
-        wait = HEADER_TIMEOUT
-        while True:
-            with trio.CancelScope(deadline=trio.current_time() + wait) as idle:
-                # Shutdown cancels connections that wait between requests;
-                # the deadline is the idle, then the header timeout.
-                self.app.idle.add(idle)
+        app, conn = self.app, self.conn
+        # One cancel scope for the connection's life. Its deadline is the
+        # idle wait, then the header timeout, while a request head is due; it
+        # is lifted while a request is answered. Shutdown cancels the scopes
+        # in ``app.idle``: connections waiting between requests, never one
+        # in the middle of an answer.
+        with trio.CancelScope(deadline=trio.current_time() + HEADER_TIMEOUT) as scope:
+            while True:
+                app.idle.add(scope)
                 try:
-                    if self.app.stopping.is_set():
+                    if app.stopping.is_set():
                         return
-                    event = await self._read_head(idle)
+                    event = await self._read_head(scope)
                 except http1.ProtocolError as exc:
-                    idle.deadline = math.inf  # the 400 is not held to the header timeout
+                    app.idle.discard(scope)
+                    scope.deadline = math.inf  # the 400 is not held to the header timeout
                     await self._bad_http(exc)
                     return
                 finally:
-                    self.app.idle.discard(idle)
-            if idle.cancelled_caught or event is http1.CONNECTION_CLOSED:
-                return
-            assert isinstance(event, http1.Request), event
-            if await self._dispatch(_request(event)):
-                return  # upgraded: the WebSocket session owned the stream
-            if self.conn.their_state is http1.SEND_BODY and self.conn.our_state is http1.DONE:
-                # A request we answered without needing its body (a GET,
-                # usually empty): read past it so the connection can be reused.
-                try:
-                    await self._read_body(UNREAD_BODY_LIMIT)
-                except (RelayError, trio.TooSlowError):
+                    app.idle.discard(scope)
+                if event is http1.CONNECTION_CLOSED or scope.cancel_called:
+                    return  # (a deadline or shutdown that came with the head: no half answer)
+                scope.deadline = math.inf
+                assert isinstance(event, http1.Request), event
+                if await self._dispatch(_request(event)):
+                    return  # upgraded: the WebSocket session owned the stream
+                if conn.their_state is http1.SEND_BODY and conn.our_state is http1.DONE:
+                    # A request we answered without needing its body (a GET,
+                    # usually empty): read past it so the connection can be reused.
+                    try:
+                        await self._read_body(UNREAD_BODY_LIMIT)
+                    except (RelayError, trio.TooSlowError):
+                        return
+                if conn.our_state is not http1.DONE or conn.their_state is not http1.DONE:
                     return
-            if self.conn.our_state is not http1.DONE or self.conn.their_state is not http1.DONE:
-                return
-            if self.app.stopping.is_set():
-                return
-            self.conn.start_next_cycle()
-            wait = IDLE_TIMEOUT
+                if app.stopping.is_set():
+                    return
+                conn.start_next_cycle()
+                scope.deadline = trio.current_time() + IDLE_TIMEOUT
 
     async def _bad_http(self, exc: http1.ProtocolError) -> None:
         if self.conn.our_state in (http1.IDLE, http1.SEND_RESPONSE):

@@ -64,6 +64,7 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
     ])
     await hc.stream.send_all(head)
     hc.detached = True
+    app.tune_subscriber(hc.stream)
     app.hand_off(SseSession(app, hc.stream, grant).run, patterns, since)
     return True
 

@@ -141,6 +141,7 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
     trailing = hc.conn.trailing_data
     session = Session(app, hc.stream, trailing, grant)
     hc.detached = True
+    app.tune_subscriber(hc.stream)
     app.hand_off(session.run, patterns, since)
     return True
 
