@@ -1,6 +1,6 @@
 """The peer baseline: an idiomatic aiohttp relay, the "twenty-line script".
 
-It serves the relay's two hot routes with the same observable behaviour, so
+It serves the relay's hot routes with the same observable behaviour, so
 the load clients cannot tell the two apart:
 
 - ``POST /hooks/{route}``: the body must be JSON (stdlib ``json``, as a script
@@ -10,15 +10,24 @@ the load clients cannot tell the two apart:
   ``{"type":"welcome","id":HEAD,"channels":[...]}``, the stored events after
   ``since`` if given, then one text frame per live event, carrying the
   envelope the relay sends (same keys, same order, ``data`` verbatim).
+- ``GET /sse?channel=NAME[&since=ID]`` (or ``Last-Event-ID``): a
+  ``text/event-stream`` ``StreamResponse`` (chunked), opening with the
+  relay's ``retry: 1000`` and ``: welcome HEAD`` comment, then each event
+  as ``id: ID`` and ``data: ENVELOPE`` lines, as the relay's ``sse.py``.
 
 What makes it idiomatic rather than naive: the envelope of an event is encoded
-once and shared by every subscriber; each subscriber has a bounded
+once and shared by every subscriber (the SSE message too, once per event
+when an SSE subscriber wants it); each subscriber has a bounded
 ``asyncio.Queue`` (1024 events, as the relay's default) drained by its own
-writer task with ``send_str``; a full queue closes the subscriber with 1013
-(the relay's ``disconnect`` policy).
+writer task with ``send_str`` (``StreamResponse.write`` for SSE); a full
+queue closes the subscriber with 1013 (the relay's ``disconnect`` policy),
+or ends its SSE stream.
 
 Run it on its own: ``python benchmarks/baseline_aiohttp.py --port 0`` prints
-``baseline: listening on http://127.0.0.1:PORT`` on stderr.
+``baseline: listening on http://127.0.0.1:PORT`` on stderr. With
+``--tls-cert PEM --tls-key PEM`` it serves https and wss instead (aiohttp's
+``ssl_context``, a default server context with TLS 1.2 at least, as the
+relay's ``tls.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 import time
 
@@ -35,12 +45,17 @@ QUEUE = 1024
 
 
 class Subscriber:
-    __slots__ = ("ws", "queue", "writer")
+    __slots__ = ("ws", "queue", "writer", "sse")
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.StreamResponse, sse: bool = False) -> None:
         self.ws = ws
-        self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE)
+        self.sse = sse  # an event stream: the queue holds SSE messages (bytes)
+        self.queue: asyncio.Queue[str | bytes] = asyncio.Queue(QUEUE)
         self.writer: asyncio.Task[None] | None = None
+
+
+def sse_message(event_id: str, text: str) -> bytes:
+    return f"id: {event_id}\ndata: {text}\n\n".encode()
 
 
 class Relay:
@@ -80,9 +95,12 @@ class Relay:
         # ``data`` is the body verbatim: splice it in rather than re-encode it.
         text = head[:-1] + ',"data":' + body.decode() + "}"
         self.events.append((seq, channel, text))
+        message = None
         for sub in list(self.subscribers.get(channel, ())):
+            if sub.sse and message is None:
+                message = sse_message(event_id, text)
             try:
-                sub.queue.put_nowait(text)
+                sub.queue.put_nowait(message if sub.sse else text)
             except asyncio.QueueFull:
                 self.slow(sub)
         return web.json_response({"id": event_id, "channel": channel, "duplicate": False}, status=202)
@@ -93,6 +111,8 @@ class Relay:
             subs.discard(sub)
         if sub.writer is not None:
             sub.writer.cancel()
+        if sub.sse:
+            return  # the cancelled writer ends the stream
         task = asyncio.create_task(sub.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"slow consumer"))
         self.closing.add(task)
         task.add_done_callback(self.closing.discard)
@@ -127,24 +147,66 @@ class Relay:
             text = await sub.queue.get()
             await sub.ws.send_str(text)
 
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        channels = [c for v in request.query.getall("channel", []) for c in v.split(",") if c]
+        since = request.headers.get("Last-Event-ID") or request.query.get("since")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        sub = Subscriber(resp, sse=True)
+        if since is not None:
+            after = int(since or 0)
+            for seq, channel, text in list(self.events):
+                if seq > after and channel in channels:
+                    sub.queue.put_nowait(sse_message(str(seq), text))
+        for channel in channels:
+            self.subscribers.setdefault(channel, set()).add(sub)
+        await resp.write(f"retry: 1000\n: welcome {self.head}\n\n".encode())
+        sub.writer = asyncio.create_task(self.write_sse(sub))
+        try:
+            # Ends when the client goes (the write fails) or the writer is
+            # cancelled as a slow consumer; returning ends the stream.
+            await asyncio.wait([sub.writer])
+        finally:
+            sub.writer.cancel()
+            for channel in channels:
+                self.subscribers.get(channel, set()).discard(sub)
+        return resp
+
+    async def write_sse(self, sub: Subscriber) -> None:
+        while True:
+            message = await sub.queue.get()
+            try:
+                await sub.ws.write(message)  # type: ignore[arg-type]
+            except ConnectionError:
+                return
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0: let the OS pick, print it")
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve https and wss")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = parser.parse_args()
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(args.tls_cert, args.tls_key)
     relay = Relay()
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_post("/hooks/{route}", relay.hook)
     app.router.add_get("/ws", relay.websocket)
+    app.router.add_get("/sse", relay.sse)
 
     async def run() -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, args.host, args.port, backlog=4096)
+        site = web.TCPSite(runner, args.host, args.port, backlog=4096, ssl_context=context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        print(f"baseline: listening on http://{args.host}:{port}", file=sys.stderr, flush=True)
+        scheme = "https" if context else "http"
+        print(f"baseline: listening on {scheme}://{args.host}:{port}", file=sys.stderr, flush=True)
         try:
             await asyncio.Event().wait()
         finally:

@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.run            # the full suite, ~10 minutes
     .venv/bin/python -m benchmarks.run --quick    # a short pass, under 2 minutes
     .venv/bin/python -m benchmarks.run --only fanout --subs 1000 --sizes 1024
+    .venv/bin/python -m benchmarks.run --only sse,tls,redis
 
 Each scenario starts a fresh server (the relay, then the baseline in
 ``baseline_aiohttp.py``) pinned to core 0, and the load (``load.c``, compiled
@@ -14,6 +15,13 @@ subscriber got every acknowledged event exactly once, in order, by id. The
 server's CPU comes from /proc/PID/stat over the measured window, its peak
 memory from VmHWM; the clients report their own CPU. The table gives each
 figure for both servers and the ratio relay/baseline.
+
+The same scenarios run over Server-Sent Events (``load sse``), over TLS (a
+self-signed ECDSA P-256 certificate made for the run in the temporary
+directory; both servers serve https and wss, the load verifies the
+certificate) and, for the relay, with the redis store (a key prefix of its
+own per server start, deleted afterwards; Redis's CPU over the window is
+read from INFO and reported beside the relay's).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import resource
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -54,11 +64,139 @@ level = "{level}"
 [store]
 engine = "{engine}"
 path = "{path}"
+url = "{redis_url}"
+prefix = "{redis_prefix}"
 
 [routes.bench]
 channel = "bench"
 verify = "none"
 """
+
+RELAY_TLS = """
+[server.tls]
+cert = "{cert}"
+key = "{key}"
+"""
+
+REDIS_URL = "redis://127.0.0.1:6379/0"  # --redis changes it
+
+
+# ---------------------------------------------------------------- redis and TLS
+
+
+class Redis:
+    """Enough RESP to check Redis, read its CPU and delete a run's keys,
+    without a client library (the relay's own coredis is async)."""
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+        if parts.password:
+            self.call("AUTH", *([parts.username] if parts.username else []), parts.password)
+        db = parts.path.strip("/")
+        if db and db != "0":
+            self.call("SELECT", db)
+
+    def call(self, *args: str | bytes) -> Any:
+        parts = [a.encode() if isinstance(a, str) else a for a in args]
+        self.sock.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in parts))
+        return self._reply()
+
+    def _reply(self) -> Any:
+        line = self.file.readline()
+        if not line:
+            raise ConnectionError("redis closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(f"redis: {rest.decode()}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self.file.read(n + 2)[:-2]
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        raise RuntimeError(f"redis: unexpected reply {line[:40]!r}")
+
+    def cpu(self) -> float:
+        """Seconds of CPU the Redis server has used (user + system, all threads)."""
+        info = dict(line.split(":", 1) for line in self.call("INFO", "cpu").decode().splitlines() if ":" in line)
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def prefill(self, stream: str, n: int, size: int = 1024) -> None:
+        """``n`` events of about ``size`` bytes in the relay's stream format
+        (fields c, t, e), pipelined 1,000 at a time."""
+        body = b'{"t":0,"pad":"' + b"x" * max(0, size - 16) + b'"}'
+        rest = (b',"channel":"bench","route":"bench","ts":1,"delivery":null,'
+                b'"headers":{"Content-Type":"application/json"},"data":' + body + b"}")
+        key = stream.encode()
+        one = b"*9\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nc\r\n$%d\r\n%s\r\n$1\r\nt\r\n$1\r\n1\r\n" \
+              b"$1\r\ne\r\n$%d\r\n%s\r\n" % (len(key), key, len(CHANNEL), CHANNEL.encode(), len(rest), rest)
+        for start in range(0, n, 1000):
+            k = min(1000, n - start)
+            self.sock.sendall(one * k)
+            for _ in range(k):
+                self._reply()
+
+    def delete_prefix(self, prefix: str) -> int:
+        deleted, cursor = 0, b"0"
+        for _ in range(100_000):  # bounded: 1,000 keys a step
+            cursor, keys = self.call("SCAN", cursor, "MATCH", prefix + "*", "COUNT", "1000")
+            if keys:
+                deleted += self.call("DEL", *keys)
+            if cursor == b"0":
+                break
+        return deleted
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@dataclass
+class Certs:
+    cert: Path
+    key: Path
+    ca: Path
+    how: str
+
+
+_certs: dict[Path, Certs] = {}
+
+
+def certs(tmp: Path) -> Certs:
+    """A self-signed certificate for 127.0.0.1, made once per run into the
+    temporary directory: with trustme when it is installed, else the openssl
+    command. ECDSA P-256 either way."""
+    if tmp in _certs:
+        return _certs[tmp]
+    d = tmp / "tls"
+    d.mkdir(exist_ok=True)
+    c = Certs(d / "server.pem", d / "server.key", d / "ca.pem", "")
+    try:
+        import trustme
+
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        leaf.cert_chain_pems[0].write_to_path(str(c.cert))
+        leaf.private_key_pem.write_to_path(str(c.key))
+        ca.cert_pem.write_to_path(str(c.ca))
+        c.how = "trustme CA, ECDSA P-256"
+    except ImportError:
+        if shutil.which("openssl") is None:
+            raise RuntimeError("TLS scenarios need trustme or the openssl command") from None
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(c.key), "-out", str(c.cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                       check=True, capture_output=True, timeout=30)
+        shutil.copy(c.cert, c.ca)
+        c.how = "openssl self-signed, ECDSA P-256"
+    _certs[tmp] = c
+    return c
 
 
 # ---------------------------------------------------------------- processes
@@ -108,27 +246,59 @@ def raise_nofile(want: int = 30000) -> int:
 class Server:
     """One relay or baseline process on core 0, listening on a port it picked."""
 
-    def __init__(self, kind: str, tmp: Path, engine: str = "memory", log_level: str = "warning") -> None:
+    def __init__(self, kind: str, tmp: Path, engine: str = "memory", log_level: str = "warning",
+                 tls: Certs | None = None, prefill: int = 0) -> None:
         self.kind = kind
+        self.tls = tls
+        self.redis: Redis | None = None
+        self.redis_prefix = ""
         self.log = tmp / f"{kind}-{time.monotonic_ns()}.log"
         if kind == "relay":
             config = tmp / f"relay-{engine}.toml"
             db = tmp / f"relay-{time.monotonic_ns()}.db"
-            config.write_text(RELAY_CONFIG.format(level=log_level, engine=engine, path=db))
+            if engine == "redis":
+                try:
+                    self.redis = Redis(REDIS_URL)
+                    self.redis.call("PING")
+                except (OSError, RuntimeError) as exc:
+                    raise RuntimeError(f"the redis store needs Redis at {REDIS_URL}: {exc}") from None
+                self.redis_prefix = f"relay-bench:{os.getpid()}-{time.monotonic_ns()}:"
+                if prefill:
+                    # A relay that has run for a while: its log already holds
+                    # events (under the default retention of 100,000).
+                    try:
+                        self.redis.prefill(self.redis_prefix + "log", prefill)
+                    except Exception:
+                        self.redis.delete_prefix(self.redis_prefix)
+                        raise
+            text = RELAY_CONFIG.format(level=log_level, engine=engine, path=db, redis_url=REDIS_URL,
+                                       redis_prefix=self.redis_prefix or "relay:")
+            if tls:
+                text = text.replace("\n[log]", RELAY_TLS.format(cert=tls.cert, key=tls.key) + "\n[log]", 1)
+            config.write_text(text)
             cmd = [sys.executable, "-m", "relay", "serve", "-c", str(config)]
         else:
             cmd = [sys.executable, str(HERE / "baseline_aiohttp.py"), "--port", "0"]
+            if tls:
+                cmd += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         self.err = open(self.log, "w+")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.err,
                                      preexec_fn=pin(SERVER_CORE))
-        self.port = self._wait_port()
+        try:
+            self.port = self._wait_port()
+        except Exception:
+            self.stop()
+            raise
         self.rss_start = proc_status(self.proc.pid, "VmRSS")
+
+    def redis_cpu(self) -> float:
+        return self.redis.cpu() if self.redis else 0.0
 
     def _wait_port(self) -> int:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             text = self.log.read_text()
-            marker = "listening on http://127.0.0.1:"
+            marker = f"listening on {'https' if self.tls else 'http'}://127.0.0.1:"
             if marker in text:
                 return int(text.split(marker, 1)[1].split()[0])
             if self.proc.poll() is not None:
@@ -154,6 +324,12 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.err.close()
+        if self.redis:
+            try:
+                self.redis.delete_prefix(self.redis_prefix)
+            finally:
+                self.redis.close()
+                self.redis = None
 
     def tail(self) -> str:
         return self.log.read_text()[-1500:]
@@ -162,9 +338,12 @@ class Server:
 class Subscribers:
     """The compiled subscriber client on core 1: N websockets, counted frames."""
 
-    def __init__(self, load: Path, port: int, n: int, stall: int = 0, inflight: int = 500) -> None:
-        cmd = [str(load), "sub", "127.0.0.1", str(port), CHANNEL, str(n), "--stall", str(stall),
-               "--inflight", str(inflight), "--connect-timeout", "60"]
+    def __init__(self, load: Path, port: int, n: int, stall: int = 0, inflight: int = 500, sse: bool = False,
+                 tls: Certs | None = None, record: bool = False) -> None:
+        cmd = [str(load), "sse" if sse else "sub", "127.0.0.1", str(port), CHANNEL, str(n), "--stall", str(stall),
+               "--inflight", str(inflight), "--connect-timeout", "60", "--record", "1" if record else "0"]
+        if tls:
+            cmd += ["--tls", "1", "--cafile", str(tls.ca)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      preexec_fn=pin(LOAD_CORE))
         self.sel = selectors.DefaultSelector()
@@ -189,13 +368,26 @@ class Subscribers:
 
 
 def publish(load: Path, port: int, *, count: int, seconds: float, rate: float = 0, conns: int = 4,
-            size: int = 1024, newconn: bool = False) -> dict[str, Any]:
+            size: int = 1024, newconn: bool = False, tls: Certs | None = None,
+            ids: Path | None = None) -> dict[str, Any]:
     cmd = [str(load), "pub", "127.0.0.1", str(port), CHANNEL, "--count", str(count), "--seconds", str(seconds),
            "--rate", str(rate), "--conns", str(conns), "--size", str(size), "--newconn", "1" if newconn else "0"]
+    if tls:
+        cmd += ["--tls", "1", "--cafile", str(tls.ca)]
+    if ids:
+        cmd += ["--ids", str(ids)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=pin(LOAD_CORE))
     if out.returncode != 0 or not out.stdout.strip():
         raise RuntimeError(f"publisher failed: {out.stderr[-500:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    pub = json.loads(out.stdout.strip().splitlines()[-1])
+    if ids:
+        # Ids that are not consecutive (redis: "<ms>-<seq>"): every
+        # acknowledged id must be distinct; the subscribers check the list.
+        keys = [int(x) for x in ids.read_text().split()]
+        pub["ids_ok"] = len(keys) == pub["acked"] and len(set(keys)) == len(keys)
+    else:
+        pub["ids_ok"] = pub["acked"] == pub["max_id"] - pub["min_id"] + 1
+    return pub
 
 
 # ---------------------------------------------------------------- scenarios
@@ -209,12 +401,18 @@ class Result:
 
 
 def fanout(load: Path, tmp: Path, kind: str, *, subs: int, size: int, rate: float, seconds: float,
-           count: int, stall: int = 0, conns: int = 4, drain: float = 20.0) -> Result:
-    server = Server(kind, tmp)
-    client = None
+           count: int, stall: int = 0, conns: int = 4, drain: float = 20.0, sse: bool = False, tls: bool = False,
+           engine: str = "memory") -> Result:
     res = Result()
+    client = None
     try:
-        client = Subscribers(load, server.port, subs, stall=stall)
+        cert = certs(tmp) if tls else None
+        server = Server(kind, tmp, engine=engine if kind == "relay" else "memory", tls=cert)
+    except Exception as exc:  # noqa: BLE001
+        return Result(False, f"{type(exc).__name__}: {exc}")
+    ids = tmp / f"ids-{time.monotonic_ns()}.txt" if server.redis else None
+    try:
+        client = Subscribers(load, server.port, subs, stall=stall, sse=sse, tls=cert, record=ids is not None)
         ready = client.line(90)
         if ready.get("ready") != subs:
             raise RuntimeError(f"only {ready.get('ready')} of {subs} subscribers connected: {ready}")
@@ -222,26 +420,32 @@ def fanout(load: Path, tmp: Path, kind: str, *, subs: int, size: int, rate: floa
         rss_conn = server.rss()
         client.tell("go")
         wall0 = time.monotonic()
-        cpu0 = server.cpu()
+        cpu0, rcpu0 = server.cpu(), server.redis_cpu()
         core0, core1 = core_busy(min(SERVER_CORE)), core_busy(min(LOAD_CORE))
-        pub = publish(load, server.port, count=count, seconds=seconds, rate=rate, conns=conns, size=size)
+        pub = publish(load, server.port, count=count, seconds=seconds, rate=rate, conns=conns, size=size, tls=cert,
+                      ids=ids)
         if pub["acked"] == 0:
             raise RuntimeError(f"no webhook acknowledged: {pub}")
-        client.tell(f"wait {pub['min_id']} {pub['max_id']} {drain}")
+        if ids:
+            client.tell(f"waitlist {ids} {drain}")
+        else:
+            client.tell(f"wait {pub['min_id']} {pub['max_id']} {drain}")
         got = client.line(drain + 15)
         (u1, s1), (u0, s0) = server.cpu(), cpu0
+        rcpu = server.redis_cpu() - rcpu0
         cpu = u1 + s1 - u0 - s0
         other = core_busy(min(SERVER_CORE)) - core0 - cpu
         other1 = core_busy(min(LOAD_CORE)) - core1 - got["cpu_s"] - pub["cpu_s"]
         wall = time.monotonic() - wall0
         frames = got["frames"]
         span = max(1e-9, (got["t_last_frame_ns"] - pub["t0_ns"]) / 1e9)
-        contiguous = pub["acked"] == pub["max_id"] - pub["min_id"] + 1
+        contiguous = pub["ids_ok"]
         res.ok = contiguous and got["complete"] == got["reading"] and not got["timed_out"]
         if not res.ok:
             res.error = (f"{got['complete']}/{got['reading']} complete, frames/sub {got['min_frames']}.."
                          f"{got['max_frames']} of {got['expect_per_sub']}, closed {got['closed']}, "
-                         f"acked ids contiguous: {contiguous}, timed out: {got['timed_out']}")
+                         f"disordered {got['disordered']}, acked ids {'distinct' if ids else 'contiguous'}: "
+                         f"{contiguous}, timed out: {got['timed_out']}")
         lat = got["latency"]
         res.values = {
             "events": pub["acked"],
@@ -249,6 +453,8 @@ def fanout(load: Path, tmp: Path, kind: str, *, subs: int, size: int, rate: floa
             "frames": frames,
             "frames_s": frames / span,
             "us_frame": cpu / frames * 1e6 if frames else None,
+            "us_frame_all": (cpu + rcpu) / frames * 1e6 if frames else None,
+            "redis_cpu": rcpu / wall if server.redis else None,
             "srv_cpu": cpu / wall,
             "srv_sys": (s1 - s0) / cpu if cpu else None,
             "other": max(0.0, other / wall),
@@ -264,6 +470,7 @@ def fanout(load: Path, tmp: Path, kind: str, *, subs: int, size: int, rate: floa
             "behind": pub["behind"],
             "stalled": (f"{got['stalled_frames']} frames, closed 1013: {bool(got['stalled_1013'])}"
                         if stall else None),
+            "tls": ready.get("tls") or None,
         }
     except Exception as exc:  # noqa: BLE001 - a failed scenario is a row, not a crash
         res.ok = False
@@ -278,28 +485,39 @@ def fanout(load: Path, tmp: Path, kind: str, *, subs: int, size: int, rate: floa
 
 
 def ingest(load: Path, tmp: Path, kind: str, *, engine: str, newconn: bool, seconds: float, count: int,
-           size: int = 1024, conns: int = 16, log_level: str = "warning") -> Result:
-    server = Server(kind, tmp, engine=engine, log_level=log_level)
+           size: int = 1024, conns: int = 16, log_level: str = "warning", tls: bool = False,
+           prefill: int = 0) -> Result:
     res = Result()
     try:
+        cert = certs(tmp) if tls else None
+        server = Server(kind, tmp, engine=engine, log_level=log_level, tls=cert, prefill=prefill)
+    except Exception as exc:  # noqa: BLE001
+        return Result(False, f"{type(exc).__name__}: {exc}")
+    ids = tmp / f"ids-{time.monotonic_ns()}.txt" if server.redis else None
+    try:
         wall0 = time.monotonic()
-        cpu0 = server.cpu()
+        cpu0, rcpu0 = server.cpu(), server.redis_cpu()
         core0, core1 = core_busy(min(SERVER_CORE)), core_busy(min(LOAD_CORE))
-        pub = publish(load, server.port, count=count, seconds=seconds, conns=conns, size=size, newconn=newconn)
+        pub = publish(load, server.port, count=count, seconds=seconds, conns=conns, size=size, newconn=newconn,
+                      tls=cert, ids=ids)
         (u1, s1), (u0, s0) = server.cpu(), cpu0
+        rcpu = server.redis_cpu() - rcpu0
         cpu = u1 + s1 - u0 - s0
         other = core_busy(min(SERVER_CORE)) - core0 - cpu
         other1 = core_busy(min(LOAD_CORE)) - core1 - pub["cpu_s"]
         wall = time.monotonic() - wall0
-        contiguous = pub["acked"] == pub["max_id"] - pub["min_id"] + 1
+        contiguous = pub["ids_ok"]
         res.ok = pub["acked"] == pub["sent"] and contiguous and pub["acked"] > 0
         if not res.ok:
-            res.error = f"sent {pub['sent']}, acked {pub['acked']}, bad {pub['bad_status']}, errors {pub['errors']}"
+            res.error = (f"sent {pub['sent']}, acked {pub['acked']}, bad {pub['bad_status']}, errors {pub['errors']}, "
+                         f"acked ids {'distinct' if ids else 'contiguous'}: {contiguous}")
         ack = pub["ack"]
         res.values = {
             "events": pub["acked"],
             "hooks_s": pub["acked"] / pub["elapsed_s"],
             "us_hook": cpu / pub["acked"] * 1e6 if pub["acked"] else None,
+            "us_hook_all": (cpu + rcpu) / pub["acked"] * 1e6 if pub["acked"] else None,
+            "redis_cpu": rcpu / wall if server.redis else None,
             "srv_cpu": cpu / wall,
             "srv_sys": (s1 - s0) / cpu if cpu else None,
             "other": max(0.0, other / wall),
@@ -344,7 +562,8 @@ def plan(args: argparse.Namespace, load: Path, tmp: Path) -> list[Scenario]:
     quick = args.quick
     subs_list = args.subs or ([100, 1000] if quick else [1, 100, 1000, 10000])
     sizes = args.sizes or ([1024] if quick else [100, 1024, 16384])
-    only = set(args.only.split(",")) if args.only else {"fanout", "latency", "stall", "ingest", "connect"}
+    only = set(args.only.split(",")) if args.only else set(GROUPS)
+    wanted = lambda n: not args.subs or n in args.subs  # noqa: E731
     sat_s = 1.0 if quick else 2.0
     out: list[Scenario] = []
     if "fanout" in only:
@@ -409,6 +628,72 @@ def plan(args: argparse.Namespace, load: Path, tmp: Path) -> list[Scenario]:
                 lambda kind: ingest(load, tmp, kind, engine="memory", newconn=False, seconds=secs,
                                     count=200_000, log_level="info"),
                 INGEST_COLS, ["hooks_s", "us_hook", "p99"], kinds=("relay",)))
+    if "sse" in only:
+        # Server-Sent Events: the fan-out above, over GET /sse.
+        for n, count in ((100, 50_000), (1000, 5_000)):
+            if quick and n != 100 or not wanted(n):
+                continue
+            out.append(Scenario(
+                "SSE fan-out, saturating (4 publisher connections)", f"{n} SSE subs x 1 KiB",
+                lambda kind, n=n, count=count: fanout(
+                    load, tmp, kind, subs=n, size=1024, rate=0, seconds=sat_s, count=count, sse=True),
+                FANOUT_COLS, ["frames_s", "us_frame", "p99", "peak_mb"]))
+        if not quick and wanted(1000):
+            out.append(Scenario(
+                "SSE end-to-end latency at a fixed rate, 1 KiB (POST sent -> event read)", "1000 SSE subs x 50/s",
+                lambda kind: fanout(load, tmp, kind, subs=1000, size=1024, rate=50, seconds=4, count=200, sse=True),
+                LAT_COLS, ["us_frame", "p50", "p99", "p999", "max"]))
+    if "tls" in only:
+        # https and wss: the same fan-out and ingest with TLS on both ends.
+        if not quick and wanted(1000):
+            out.append(Scenario(
+                "TLS: wss fan-out, saturating (4 https publisher connections)", "1000 wss subs x 1 KiB",
+                lambda kind: fanout(load, tmp, kind, subs=1000, size=1024, rate=0, seconds=sat_s, count=5_000,
+                                    tls=True),
+                FANOUT_COLS + ["tls"], ["frames_s", "us_frame", "p99", "peak_mb"]))
+        if wanted(1000):
+            secs = 2 if quick else 4
+            # 50/s as for plain websockets; 10/s too, a rate both servers
+            # sustain over TLS on one core (50,000 frames/s over TLS is more
+            # than either's core can encrypt and send).
+            for rate in (50,) if quick else (50, 10):
+                out.append(Scenario(
+                    "TLS: wss end-to-end latency at a fixed rate, 1 KiB (https POST sent -> frame read)",
+                    f"1000 wss subs x {rate}/s",
+                    lambda kind, secs=secs, rate=rate: fanout(load, tmp, kind, subs=1000, size=1024, rate=rate,
+                                                              seconds=secs, count=rate * secs, tls=True),
+                    LAT_COLS, ["us_frame", "p50", "p99", "p999", "max"]))
+        if not quick:
+            out.append(Scenario(
+                "TLS: ingest alone over https, 1 KiB JSON, 16 keep-alive connections, no subscribers",
+                "keep-alive, store memory",
+                lambda kind: ingest(load, tmp, kind, engine="memory", newconn=False, seconds=3.0, count=200_000,
+                                    tls=True),
+                INGEST_COLS, ["hooks_s", "us_hook", "p99"]))
+    if "redis" in only:
+        # The relay on the redis store (the baseline keeps its in-memory list).
+        secs = 1.5 if quick else 3.0
+        out.append(Scenario(
+            "redis store: ingest alone, 1 KiB JSON, 16 keep-alive connections, no subscribers (ratios against "
+            "the baseline's in-memory list; Redis's own CPU beside the relay's)", "keep-alive, relay store redis",
+            lambda kind: ingest(load, tmp, kind, engine="redis" if kind == "relay" else "memory", newconn=False,
+                                seconds=secs, count=200_000),
+            INGEST_COLS + ["redis_cpu", "us_hook_all"], ["hooks_s", "us_hook", "p99", "us_hook_all"]))
+        if not quick:
+            out.append(Scenario(
+                "redis store: ingest alone, 1 KiB JSON, 16 keep-alive connections, no subscribers (ratios against "
+                "the baseline's in-memory list; Redis's own CPU beside the relay's)",
+                "keep-alive, relay store redis, log already holding 50,000 events",
+                lambda kind: ingest(load, tmp, kind, engine="redis" if kind == "relay" else "memory", newconn=False,
+                                    seconds=secs, count=200_000, prefill=50_000 if kind == "relay" else 0),
+                INGEST_COLS + ["redis_cpu", "us_hook_all"], ["hooks_s", "us_hook", "p99", "us_hook_all"]))
+        if not quick and wanted(1000):
+            out.append(Scenario(
+                "redis store: fan-out, saturating (4 publisher connections; ratios against the baseline's "
+                "in-memory list)", "1000 subs x 1 KiB, relay store redis",
+                lambda kind: fanout(load, tmp, kind, subs=1000, size=1024, rate=0, seconds=sat_s, count=5_000,
+                                    engine="redis"),
+                FANOUT_COLS + ["redis_cpu", "us_frame_all"], ["frames_s", "us_frame", "p99", "peak_mb", "us_frame_all"]))
     if "connect" in only:
         n = 10000
         out.append(Scenario(
@@ -432,13 +717,16 @@ HEAD = {
     "p999": "p99.9 ms", "max": "max ms", "peak_mb": "peak MB", "hooks_s": "webhooks/s", "us_hook": "srv us/hook",
     "connect_s": "connect s", "connect_rate": "conn/s", "handshake_p99": "handshake p99 ms",
     "conn_kb": "KB/conn", "behind": "behind", "other": "other on core 0", "other1": "other on core 1", "stalled": "the stalled one got",
+    "redis_cpu": "redis CPU", "us_frame_all": "srv+redis us/frame", "us_hook_all": "srv+redis us/hook", "tls": "TLS",
 }
+
+GROUPS = ("fanout", "latency", "stall", "ingest", "connect", "sse", "tls", "redis")
 
 
 def fmt(key: str, v: Any) -> str:
     if v is None:
         return "-"
-    if key in ("srv_cpu", "cli_cpu", "srv_sys", "other", "other1"):
+    if key in ("srv_cpu", "cli_cpu", "srv_sys", "other", "other1", "redis_cpu"):
         return f"{v * 100:.0f}%"
     if key in ("events",):
         return f"{v:,}"
@@ -525,9 +813,10 @@ def stall_pairs(load: Path, tmp: Path, kinds: list[str], pairs: int, secs: int =
 
 
 def main(argv: list[str] | None = None) -> int:
+    global REDIS_URL
     parser = argparse.ArgumentParser(description="Benchmark the relay against an aiohttp baseline.")
     parser.add_argument("--quick", action="store_true", help="a short pass (under 2 minutes)")
-    parser.add_argument("--only", help="comma-separated: fanout,latency,stall,ingest,connect")
+    parser.add_argument("--only", help="comma-separated: " + ",".join(GROUPS))
     parser.add_argument("--subs", type=lambda s: [int(x) for x in s.split(",")], help="subscriber counts")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="event body sizes, bytes")
     parser.add_argument("--servers", default="relay,baseline", help="relay,baseline (default both)")
@@ -536,7 +825,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--stall-pairs", type=int, metavar="N",
                         help="only the stalled-subscriber comparison: N interleaved pairs per server, medians")
+    parser.add_argument("--redis", default=REDIS_URL,
+                        help=f"the Redis the redis-store scenarios use (default {REDIS_URL}); each relay start "
+                             "writes under a key prefix of its own and deletes it afterwards")
     args = parser.parse_args(argv)
+    if args.only and (unknown := set(args.only.split(",")) - set(GROUPS)):
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))} (known: {', '.join(GROUPS)})")
+    REDIS_URL = args.redis
 
     nofile = raise_nofile()
     if shutil.which("gcc") is None:
@@ -546,7 +841,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmpdir:
         tmp = Path(tmpdir)
         load = tmp / "load"
-        subprocess.run(["gcc", "-O2", "-o", str(load), str(HERE / "load.c")], check=True)
+        build = subprocess.run(["gcc", "-O2", "-o", str(load), str(HERE / "load.c"), "-lssl", "-lcrypto"],
+                               capture_output=True, text=True)
+        if build.returncode != 0:
+            print(f"benchmarks: building the load client failed (it needs OpenSSL's headers and "
+                  f"-lssl -lcrypto):\n{build.stderr[-2000:]}", file=sys.stderr)
+            return 2
         if args.stall_pairs:
             print(f"# {machine()}; open files limit {nofile}", flush=True)
             stall_pairs(load, tmp, args.servers.split(","), args.stall_pairs)
