@@ -195,7 +195,11 @@ if excess >= slack then
   dms, dseq = split(dropped)
 end
 local cutoff = split(last) - window
-if cutoff > 0 then
+-- Look for the newest aged entry only when the oldest one has aged: a
+-- reverse range that starts below every entry makes Redis walk the whole
+-- stream back from its end (13 ms at 50,000 entries, on every commit).
+local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+if cutoff > 0 and #oldest > 0 and split(oldest[1][1]) < cutoff then
   local aged = redis.call('XREVRANGE', stream, '(' .. string.format('%.0f', cutoff) .. '-0', '-', 'COUNT', 1)
   if #aged > 0 then
     local ams, aseq = split(aged[1][1])
