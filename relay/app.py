@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import logs
 from .auth import Authenticator, Grant, origin_allowed, presented_token
 from .config import Config
 from .errors import Forbidden, RelayError
@@ -223,6 +224,16 @@ class App:
         await listener.aclose()
 
 
+async def _flush_logs() -> None:
+    """Write what the batched log handler holds after a quiet moment."""
+    try:
+        while True:
+            await trio.sleep(logs.FLUSH_S)
+            logs.flush()
+    finally:
+        logs.flush()
+
+
 async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     app = App(config)
     host, port = split_listen(config.server.listen)
@@ -233,6 +244,7 @@ async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatu
         root.start_soon(app.hub.run)
         root.start_soon(app.timers.run)
         root.start_soon(tick_every, config.server.ping_interval, app.sessions)
+        root.start_soon(_flush_logs)
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()
         app.address = (bound[0], bound[1])

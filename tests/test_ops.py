@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import signal
 
@@ -222,6 +223,22 @@ async def test_json_logs_have_one_line_per_webhook_without_secrets_or_payloads(d
     assert "payload-marker-5f3a" not in everything
     assert "It's a Secret" not in everything and "Secret to Everybody" not in everything
     assert ok.request.headers["X-Hub-Signature-256"] not in everything
+
+
+async def test_a_webhooks_log_line_is_written_while_the_relay_stays_quiet(daemon, http):
+    # Lines are written in batches; one webhook and then silence must still
+    # show up promptly, not at exit.
+    relay = daemon(config_text('[log]\nformat = "json"\n'))
+    r = await http.post(f"{relay.base}/hooks/demo", content=b'{"a": 1}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 202
+    fd = relay.proc.stderr.fileno()
+    seen = b""
+    with trio.fail_after(5):
+        while b'"msg":"webhook"' not in seen:
+            await trio.lowlevel.wait_readable(fd)
+            seen += os.read(fd, 65536)
+    line = next(line for line in seen.splitlines() if b'"msg":"webhook"' in line)
+    assert json.loads(line)["event_id"] == r.json()["id"]
 
 
 # -- the inspector page, as served --------------------------------------------
