@@ -188,7 +188,7 @@ class Connection:
     """One server connection's HTTP/1.1 state, for any number of requests."""
 
     __slots__ = ("their_state", "our_state", "version", "keep_alive", "client_waits", "upgrade",
-                 "_buf", "_eof", "_left", "_chunked", "_chunk_state", "max_head")
+                 "_buf", "_eof", "_left", "_chunked", "_chunk_state", "_scan", "max_head")
 
     def __init__(self, max_head: int = MAX_HEAD) -> None:
         self.max_head = max_head
@@ -203,6 +203,7 @@ class Connection:
         self._left = 0  # body bytes still due (Content-Length), or of the current chunk
         self._chunked = False
         self._chunk_state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers
+        self._scan = 0  # where to look for the head's end: a slow client's head is not rescanned
 
     # -- input ----------------------------------------------------------
 
@@ -237,8 +238,10 @@ class Connection:
         buf = self._buf
         if buf[:1] in (b"\r", b"\n"):  # blank lines before a request are allowed
             buf = self._buf = buf.lstrip(b"\r\n")
-        end = _HEAD_END.search(buf, 0, self.max_head + 4)
+            self._scan = 0
+        end = _HEAD_END.search(buf, self._scan, self.max_head + 4)
         if end is None:
+            self._scan = max(0, len(buf) - 2)
             if len(buf) > self.max_head:
                 raise ProtocolError(f"request head over {self.max_head} bytes", 431)
             if self._eof:
@@ -247,6 +250,7 @@ class Connection:
                 self.their_state = CLOSED
                 return CONNECTION_CLOSED
             return NEED_DATA
+        self._scan = 0
         head = buf[: end.start()]
         if head.endswith(b"\r"):
             head = head[:-1]
