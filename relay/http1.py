@@ -103,15 +103,16 @@ def _reason(status: int) -> str:
 
 
 def parse_head(head: bytes) -> tuple[Request, int | None, bool, bool, bool]:
-    """One request head (without its blank line) -> the request, its body
+    """One request head (each line with its line end, not the blank line
+    after them) -> the request, its body
     framing (Content-Length, or None for chunked), keep-alive, whether the
     client waits for ``100 Continue``, and whether it asks to upgrade."""
     if _CTL.search(head) is not None:
         raise ProtocolError("control character in the request head")
     if head.count(b"\n") == head.count(b"\r\n"):
-        lines = head.split(b"\r\n")
+        lines = head[:-2].split(b"\r\n")
     else:  # bare LF line ends, as h11 and most servers accept them
-        lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in head[:-1].split(b"\n")]
     m = _REQUEST_LINE.fullmatch(lines[0])
     if m is None:
         raise ProtocolError("malformed request line")
@@ -251,9 +252,7 @@ class Connection:
                 return CONNECTION_CLOSED
             return NEED_DATA
         self._scan = 0
-        head = buf[: end.start()]
-        if head.endswith(b"\r"):
-            head = head[:-1]
+        head = buf[: end.start() + 1]  # through the last line's LF
         self._buf = buf[end.end():]
         request, length, self.keep_alive, self.client_waits, self.upgrade = parse_head(head)
         self.version = request.version

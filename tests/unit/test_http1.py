@@ -186,6 +186,7 @@ REFUSED = [
     (b"GET / HTTP/1.1\r\nHost: h\r\nno colon\r\n\r\n", 400, "header line"),
     (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n", 400, "control"),
     (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n", 400, "carriage"),
+    (b"GET / HTTP/1.1\r\nHost: h\nContent-Length: 1\r\r\n\r\nx", 400, "carriage"),
     (b"GET / HTTP/1.1\r\n\r\n", 400, "Host"),
     (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "Host"),
     (b"GET /a b HTTP/1.1\r\nHost: h\r\n\r\n", 400, "request line"),
