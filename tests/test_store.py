@@ -3,10 +3,13 @@ group commit and durability - for every embedded engine."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from relay.config import StoreConfig
 from relay.envelope import Draft
@@ -143,6 +146,68 @@ async def test_sqlite_append_after_close_is_refused_as_unavailable(tmp_path):
         pass
     with pytest.raises(StoreUnavailable):
         await store.append([draft()])
+
+
+async def test_sqlite_a_failed_commit_refuses_only_its_webhooks(tmp_path):
+    from relay.store import StoreUnavailable
+
+    published: list = []
+    async with opened("sqlite", tmp_path, published) as store:
+        (first,) = await store.append([draft(n=1)])
+        # The disk refuses one transaction: a trigger stands in for the fault.
+        other = sqlite3.connect(tmp_path / "log.db")
+        other.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.channel = 'doomed' "
+                      "BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        other.close()
+        with pytest.raises(StoreUnavailable, match="disk says no"):
+            await store.append([draft(n=2), draft("doomed")])
+        (later,) = await store.append([draft(n=3)])
+        assert int(later.event.id) == int(first.event.id) + 1
+        assert [e.id for e in await store.read(0, ["*"], 10)] == [first.event.id, later.event.id]
+    assert [e.id for e in published] == [first.event.id, later.event.id]
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "relay sqlite writer"]
+
+
+async def test_sqlite_a_commit_in_flight_when_the_store_is_cancelled_is_still_acknowledged(tmp_path):
+    config = StoreConfig(engine="sqlite", path=str(tmp_path / "log.db"))
+    store = open_store(config, [].extend)
+    got: list = []
+
+    async def webhook() -> None:
+        got.extend(await store.append([draft(n=7)]))
+
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            assert len(writer_threads()) == 1
+            # Another process holds the write lock, so the commit stays in flight.
+            blocker = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            outer.start_soon(webhook)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    assert writer_threads() == []
+    (appended,) = got
+    async with opened("sqlite", tmp_path) as reopened:
+        assert [e.id for e in await reopened.read(0, ["*"], 10)] == [appended.event.id]
+
+
+async def test_sqlite_that_gets_no_thread_for_its_writer_fails_to_start_rather_than_hang(tmp_path, monkeypatch):
+    async def no_thread(*args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", no_thread)
+    store = open_store(StoreConfig(engine="sqlite", path=str(tmp_path / "log.db")), [].extend)
+    with pytest.raises(BaseExceptionGroup) as failed:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+    assert failed.value.subgroup(RuntimeError) is not None
+    assert not await store.ping()
 
 
 @pytest.mark.parametrize("bad", ["x", "-1", "1.5", "9" * 30])

@@ -3,18 +3,23 @@
 One writer task owns all writes. Webhooks that arrive while a commit is in
 progress wait in the next batch, and the whole batch becomes one transaction:
 one fsync for many acknowledgements. Every ``append`` returns only after the
-commit of its batch, so a 202 always means "on disk". The stdlib sqlite3 module
-blocks, so every call runs in a worker thread, never on the trio loop; the
-writer and the reader each have their own connection and only one thread uses
-a connection at a time.
+commit of its batch, so a 202 always means "on disk".
+
+The stdlib sqlite3 module blocks, so no sqlite call runs on the trio loop.
+Writes go to one dedicated writer thread that ``run`` starts and waits for;
+the writer connection is opened, used and closed on that thread only. Reads use
+their own connection in trio's worker threads, one at a time.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import outcome
 import trio
 
 from ..config import StoreConfig
@@ -65,6 +70,74 @@ def pattern_sql(patterns: Sequence[str]) -> tuple[str, list[object]]:
     return ("(" + " OR ".join(clauses) + ")") if clauses else "0", args
 
 
+def _in_flight(_: Any) -> trio.lowlevel.Abort:
+    # A call handed to the writer thread cannot be taken back: the caller
+    # waits for it, and a cancellation lands at its next checkpoint.
+    return trio.lowlevel.Abort.FAILED
+
+
+class _WriterThread:
+    """One thread that runs the calls it is given, in order, for a store's life.
+
+    It is a trio worker thread held for the whole run (so ``trio.from_thread``
+    works inside a commit), but calls do not pay ``trio.to_thread.run_sync``
+    each (thread cache, limiter, naming): a call is one queue put, and its
+    outcome comes back as one ``run_sync_soon`` that reschedules the caller.
+    """
+
+    NAME = "relay sqlite writer"
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        # (waiting task, function or None to end the loop, args)
+        self._inbox: queue.SimpleQueue[tuple[trio.lowlevel.Task, Callable[..., Any] | None, tuple[Any, ...]]]
+        self._inbox = queue.SimpleQueue()
+        self._gone = False
+
+    async def host(self) -> None:
+        """Lend a thread to the loop until ``stop`` ends it."""
+        try:
+            # Shielded: only ``stop`` ends the loop, and the owner always calls
+            # it; a cancellation must not keep the thread from ever starting
+            # while calls are queued. Its own limiter: it holds no token of
+            # the default one, which reads use.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._main, thread_name=self.NAME, limiter=trio.CapacityLimiter(1))
+        finally:
+            # The loop has ended, or never began (no thread to be had): no one
+            # else will answer what is queued.
+            self._gone = True
+            while True:
+                try:
+                    task, fn, _ = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                gone = StoreUnavailable("the event store's writer thread is gone")
+                trio.lowlevel.reschedule(task, outcome.Value(None) if fn is None else outcome.Error(gone))
+
+    def _main(self) -> None:
+        reschedule, inbox, token = trio.lowlevel.reschedule, self._inbox, self._token
+        while True:
+            task, fn, args = inbox.get()
+            if fn is None:
+                token.run_sync_soon(reschedule, task)
+                return
+            token.run_sync_soon(reschedule, task, outcome.capture(fn, *args))
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the thread; raises what it raises."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._gone:
+            raise StoreUnavailable("the event store's writer thread is gone")
+        self._inbox.put((trio.lowlevel.current_task(), fn, args))
+        return await trio.lowlevel.wait_task_rescheduled(_in_flight)
+
+    async def stop(self) -> None:
+        """Let the loop finish what it was given and end; ``host`` then returns."""
+        if not self._gone:
+            self._inbox.put((trio.lowlevel.current_task(), None, ()))
+            await trio.lowlevel.wait_task_rescheduled(_in_flight)
+
 
 class SqliteStore(SeqLog):
     def __init__(self, config: StoreConfig, publish: Callable[[list[Event]], None]) -> None:
@@ -90,44 +163,62 @@ class SqliteStore(SeqLog):
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        writer.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk (WAL fsynced) before the 202 goes out.
-        writer.execute("PRAGMA synchronous=FULL")
-        writer.executescript(_SCHEMA)
-        row = writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        self._seq = row[0] if row else 0
-        (oldest,) = writer.execute("SELECT MIN(seq) FROM events").fetchone()
-        self._pruned = oldest - 1 if oldest is not None else self._seq
-        reader = sqlite3.connect(self.path, check_same_thread=False)
+        # Opened on the writer thread, and sqlite3 enforces that only it uses it.
+        writer = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            writer.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk (WAL fsynced) before the 202 goes out.
+            writer.execute("PRAGMA synchronous=FULL")
+            writer.executescript(_SCHEMA)
+            row = writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            self._seq = row[0] if row else 0
+            (oldest,) = writer.execute("SELECT MIN(seq) FROM events").fetchone()
+            self._pruned = oldest - 1 if oldest is not None else self._seq
+            reader = sqlite3.connect(self.path, check_same_thread=False)
+        except BaseException:
+            writer.close()
+            raise
         reader.execute("PRAGMA query_only=ON")
         self._writer, self._reader = writer, reader
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        await trio.to_thread.run_sync(self._open)
-        self._running = True
-        task_status.started()
-        try:
-            while (batch := await self._queue.next()) is not None:
-                try:
-                    fresh = await trio.to_thread.run_sync(self._commit, batch)
-                except sqlite3.Error as exc:
-                    batch.error = StoreUnavailable(f"the event store failed to commit: {exc}")
+        thread = _WriterThread()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(thread.host)
+            batch: Batch | None = None
+            try:
+                await thread.call(self._open)
+                self._running = True
+                task_status.started()
+                while (batch := await self._queue.next()) is not None:
+                    try:
+                        fresh = await thread.call(self._commit, batch)
+                    except sqlite3.Error as exc:
+                        batch.error = StoreUnavailable(f"the event store failed to commit: {exc}")
+                        batch.done.set()
+                        continue
+                    if fresh:
+                        self.publish(fresh)
                     batch.done.set()
-                    continue
-                if fresh:
-                    self.publish(fresh)
-                batch.done.set()
-        finally:
-            self._running = False
-            self._stopped.set()
-            self._queue.fail_pending("the relay is shutting down")
-            writer, reader = self._writer, self._reader
-            self._writer = self._reader = None
-            with trio.CancelScope(shield=True):
-                for conn in (writer, reader):
-                    if conn is not None:
-                        await trio.to_thread.run_sync(conn.close)
+            finally:
+                self._running = False
+                self._stopped.set()
+                # A batch taken but not committed (cancelled before the hand-off)
+                # would otherwise leave its webhooks waiting forever.
+                if batch is not None and not batch.done.is_set():
+                    batch.error = StoreUnavailable("the relay is shutting down")
+                    batch.done.set()
+                self._queue.fail_pending("the relay is shutting down")
+                writer, reader = self._writer, self._reader
+                self._writer = self._reader = None
+                with trio.CancelScope(shield=True):
+                    try:
+                        if writer is not None:
+                            await thread.call(writer.close)
+                    finally:
+                        await thread.stop()
+                    if reader is not None:
+                        await trio.to_thread.run_sync(reader.close)
 
     async def close(self) -> None:
         """Commit what is pending, then let ``run`` end."""
@@ -138,7 +229,7 @@ class SqliteStore(SeqLog):
     # -- writes ----------------------------------------------------------
 
     def _commit(self, batch: Batch) -> list[Event]:
-        """Runs in a worker thread: one transaction for the whole batch."""
+        """Runs on the writer thread: one transaction for the whole batch."""
         db = self._writer
         assert db is not None
         window = self.config.retention_age * 1000
@@ -199,7 +290,9 @@ class SqliteStore(SeqLog):
         if now_ms and now_ms - self._last_sweep >= _AGE_SWEEP_MS:
             self._last_sweep = now_ms
             cutoff = now_ms - int(self.config.retention_age * 1000)
-            (old,) = db.execute("SELECT MAX(seq) FROM events WHERE ts < ?", (cutoff,)).fetchone()
+            # INDEXED BY: left to itself the planner walks the table back from
+            # the newest seq until a row is old enough - all of it when none is.
+            (old,) = db.execute("SELECT MAX(seq) FROM events INDEXED BY events_ts WHERE ts < ?", (cutoff,)).fetchone()
             if old is not None and old > pruned:
                 db.execute("DELETE FROM events WHERE seq <= ?", (old,))
                 pruned = old
