@@ -115,6 +115,24 @@ async def test_a_redelivery_is_a_duplicate_of_the_first_event_within_the_window(
     assert len(published) == 3
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_large_batch_of_redeliveries_is_sorted_into_new_and_duplicate(engine, tmp_path):
+    async with opened(engine, tmp_path, retention_age=60.0) as store:
+        earlier = await store.append([draft(dedupe=f"k{i}", n=i) for i in range(0, 1200, 2)])
+        # One batch: 600 seen before (even), 600 new (odd), each new one twice.
+        batch = [draft(dedupe=f"k{i}", n=i, ts=1_001_000) for i in range(1200)]
+        batch += [draft(dedupe=f"k{i}", n=i, ts=1_001_000) for i in range(1, 1200, 2)]
+        results = await store.append(batch)
+        by_key = {f"k{2 * j}": a.event.id for j, a in enumerate(earlier)}
+        for i, result in enumerate(results[:1200]):
+            assert result.duplicate == (i % 2 == 0)
+            if i % 2 == 0:
+                assert result.event.id == by_key[f"k{i}"]
+        assert all(r.duplicate for r in results[1200:])
+        assert [r.event.id for r in results[1200:]] == [r.event.id for r in results[1:1200:2]]
+        assert len(await store.read(0, ["*"], 5000)) == 1200
+
+
 async def test_sqlite_remembers_events_and_deliveries_across_a_restart(tmp_path):
     async with opened("sqlite", tmp_path) as store:
         ids = [a.event.id for a in await store.append([draft(n=i, dedupe=f"k{i}") for i in range(3)])]

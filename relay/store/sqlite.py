@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_ts ON deliveries (ts);
 """
 
+# Dedupe keys looked up per query (SQLite allows 32,766 variables since 3.32).
+_KEYS_PER_QUERY = 500
+
 # Age retention scans an index; once a second is plenty.
 _AGE_SWEEP_MS = 1000
 
@@ -240,16 +243,14 @@ class SqliteStore(SeqLog):
         in_batch: dict[str, Event] = {}
         db.execute("BEGIN IMMEDIATE")
         try:
+            seen = self._delivered(db, batch.drafts)
             for draft in batch.drafts:
                 key = draft.dedupe
                 if key is not None:
                     first = in_batch.get(key)
                     if first is None:
-                        row = db.execute(
-                            "SELECT seq, channel FROM deliveries WHERE key = ? AND ts >= ?",
-                            (key, draft.ts - window),
-                        ).fetchone()
-                        if row is not None:
+                        row = seen.get(key)
+                        if row is not None and row[2] >= draft.ts - window:
                             first = Event(str(row[0]), row[0], row[1], 0, b"")
                     if first is not None:
                         batch.results.append(Appended(first, True))
@@ -278,6 +279,21 @@ class SqliteStore(SeqLog):
         self._pruned = max(self._pruned, pruned)
         self.commits += 1
         return fresh
+
+    def _delivered(self, db: sqlite3.Connection, drafts: Sequence[Draft]) -> dict[str, tuple[int, str, int]]:
+        """The stored deliveries among the batch's dedupe keys: key -> (seq,
+        channel, ts). One query per batch (in slices under SQLite's variable
+        limit), not one per webhook: nearly every GitHub, Stripe or Shopify
+        delivery carries an id."""
+        keys = list({d.dedupe for d in drafts if d.dedupe is not None})
+        found: dict[str, tuple[int, str, int]] = {}
+        for i in range(0, len(keys), _KEYS_PER_QUERY):
+            part = keys[i:i + _KEYS_PER_QUERY]
+            rows = db.execute(
+                f"SELECT key, seq, channel, ts FROM deliveries WHERE key IN ({','.join('?' * len(part))})", part)
+            for key, seq, channel, ts in rows:
+                found[key] = (seq, channel, ts)
+        return found
 
     def _retain(self, db: sqlite3.Connection, last_seq: int, now_ms: int) -> int:
         """Drop what retention says, inside the batch's transaction; returns
