@@ -167,9 +167,9 @@ class App:
 
         try:
             if self.tls is not None:
-                from .tls import HANDSHAKE_TIMEOUT
+                from .tls import HANDSHAKE_TIMEOUT, TlsStream
 
-                tls_stream = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)
+                tls_stream = TlsStream(stream, self.tls)
                 # A client that never finishes its handshake costs one socket
                 # for a bounded time, and nothing else.
                 with trio.move_on_after(HANDSHAKE_TIMEOUT) as scope:

@@ -39,6 +39,7 @@ from .errors import BadRequest, MethodNotAllowed, NotFound, RelayError, TooLarge
 from .errors import RateLimited, Unavailable
 from .ingest import Challenge
 from .subscriber import raw_fd
+from .tls import TlsStream
 
 if TYPE_CHECKING:
     from .app import App
@@ -120,7 +121,8 @@ class HttpConnection:
     async def write(self, data: bytes) -> None:
         """Try one non-blocking write first: an answer nearly always fits the
         socket buffer, and ``send_all`` costs two trips through the
-        scheduler per answer. The loop still yields at every read."""
+        scheduler per answer. The loop still yields at every read. Over TLS
+        the answer is encrypted and written the same way (``try_send``)."""
         if self.fd is not None:
             try:
                 sent = os.write(self.fd, data)
@@ -131,6 +133,10 @@ class HttpConnection:
             if sent == len(data):
                 return
             data = data[sent:]
+        elif isinstance(self.stream, TlsStream) and self.stream.try_send(data):
+            if not self.stream.backed_up:
+                return
+            data = b""  # taken; what is left of its ciphertext is flushed
         await self.stream.send_all(data)
 
     async def send_error(self, error: RelayError) -> None:

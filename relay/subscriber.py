@@ -1,14 +1,17 @@
 """One subscriber's queue and the send path every transport shares.
 
 Built for broadcast. The hub calls ``offer`` for each event, synchronously.
-When nothing is queued for this subscriber and its socket is a plain TCP
-socket, the event's shared frame bytes are written at once with one
-non-blocking ``send`` - no queue, no task switch. Only when the kernel's
-buffer is full (or the stream is TLS) do frames wait in ``pending``; the
-subscriber's writer task then drains everything pending in one write. The
-queue is bounded by ``limit`` events: past it the subscriber is a slow
-consumer and the transport closes it (policy ``disconnect``) or its oldest
-queued events are dropped and a ``gap`` stands in for them (policy ``drop``).
+When nothing is queued for this subscriber, the event's shared frame bytes
+are written at once with one non-blocking ``send`` on a plain TCP socket, or
+encrypted and written the same way on a TLS one (``TlsStream.try_send``) - no
+queue, no task switch. Only when the kernel's buffer is full do frames wait
+in ``pending``; the subscriber's writer task then drains everything pending
+in one write. (A TLS write the kernel took only part of leaves the rest of
+its ciphertext in the stream: an empty frame in ``pending`` makes the writer
+flush it, and keeps later frames behind it.) The queue is bounded by
+``limit`` events: past it the subscriber is a slow consumer and the
+transport closes it (policy ``disconnect``) or its oldest queued events are
+dropped and a ``gap`` stands in for them (policy ``drop``).
 
 While a resume replays stored events, live events are held back and released
 after the replay, minus those the replay already sent: no gap, no duplicate.
@@ -25,6 +28,7 @@ import trio
 
 from .envelope import Event
 from .route import matches
+from .tls import TlsStream
 
 if TYPE_CHECKING:
     from .hub import Hub, Joined
@@ -59,7 +63,7 @@ class Subscriber:
         "stream", "transport", "frame", "gap", "limit", "policy", "fd", "patterns", "pending", "pending_ids",
         "queued", "delivered_id", "dropped", "sending", "closed", "hold", "floor", "gap_after", "last_id",
         "frames", "stats", "overflowed", "on_trouble", "_wake", "_drained", "_spawn", "_writer_running",
-        "start", "covered",
+        "start", "covered", "tls",
     )
 
     def __init__(
@@ -81,6 +85,8 @@ class Subscriber:
         self.limit = limit
         self.policy = policy
         self.fd = raw_fd(stream)
+        # A TLS stream that can encrypt and write without a task switch.
+        self.tls = stream if isinstance(stream, TlsStream) else None
         self.patterns: set[str] = set()
         self.pending: list[bytes | memoryview] = []
         # Parallel to ``pending``: (event id, droppable) for event frames,
@@ -176,7 +182,7 @@ class Subscriber:
         if self.closed or self.overflowed:
             return
         if (self.hold is not None or self.floor is not None or self.gap_after is not None or self.pending
-                or self.sending or self.fd is None):
+                or self.sending or (self.fd is None and self.tls is None)):
             for event in events:
                 self.offer(event)
             return
@@ -252,7 +258,7 @@ class Subscriber:
         """
         if self.closed:
             return
-        if not self.pending and not self.sending and self.fd is not None:
+        if not self.pending and not self.sending and (self.fd is not None or self.tls is not None):
             sent = self._send_now(data)
             if sent is None:
                 return
@@ -273,7 +279,22 @@ class Subscriber:
 
     def _send_now(self, data: bytes) -> int | None:
         """One non-blocking send on the socket: bytes taken by the kernel, or
-        None when the peer is gone (the subscriber is then ``lost``)."""
+        None when the peer is gone (the subscriber is then ``lost``). Over
+        TLS all of ``data`` or none is taken."""
+        tls = self.tls
+        if tls is not None:
+            try:
+                sent = tls.try_send(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.lost()
+                return None
+            if sent and tls.backed_up:
+                # Encrypted, but the kernel took only part of the ciphertext:
+                # the writer's send_all (of nothing) flushes the rest.
+                self.pending.append(b"")
+                self.pending_ids.append(None)
+                self._kick()
+            return sent
         assert self.fd is not None
         try:
             return os.write(self.fd, data)
