@@ -139,6 +139,28 @@ class HttpConnection:
             data = b""  # taken; what is left of its ciphertext is flushed
         await self.stream.send_all(data)
 
+    async def receive(self) -> bytes:
+        """The next bytes from the client (b"" at its end). On a plain socket
+        a direct non-blocking read: when the bytes are not there yet, one
+        wait for readability is the only trip through the scheduler
+        (``receive_some`` takes a second one after every read)."""
+        fd = self.fd
+        if fd is None:
+            return await self.stream.receive_some(RECEIVE)
+        waited = False
+        while True:
+            try:
+                data = os.read(fd, RECEIVE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                waited = True
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"the client is gone: {exc}") from None
+            if not waited:
+                await trio.lowlevel.checkpoint()  # data was waiting: still let others run
+            return data
+
     async def send_error(self, error: RelayError) -> None:
         headers: list[tuple[str, str]] = []
         if isinstance(error, MethodNotAllowed):
@@ -192,12 +214,12 @@ class HttpConnection:
         deadline moves is cheaper than a ``fail_after`` per read."""
         event = self.conn.next_event()
         if event is http1.NEED_DATA:
-            self.conn.receive_data(await self.stream.receive_some(RECEIVE))
+            self.conn.receive_data(await self.receive())
             event = self.conn.next_event()
             if event is http1.NEED_DATA:
                 scope.deadline = trio.current_time() + HEADER_TIMEOUT
                 while event is http1.NEED_DATA:
-                    self.conn.receive_data(await self.stream.receive_some(RECEIVE))
+                    self.conn.receive_data(await self.receive())
                     event = self.conn.next_event()
         return event
 
@@ -266,7 +288,7 @@ class HttpConnection:
                 with trio.CancelScope(deadline=deadline) as scope:
                     if conn.client_waits:  # Expect: 100-continue
                         await self.write(conn.send_continue())
-                    conn.receive_data(await self.stream.receive_some(RECEIVE))
+                    conn.receive_data(await self.receive())
                 if scope.cancelled_caught:
                     raise trio.TooSlowError
             elif event is http1.END_OF_MESSAGE:
