@@ -50,6 +50,7 @@ MAX_HEADER_BYTES = 16 * 1024
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 30.0
 IDLE_TIMEOUT = 75.0
+ANSWER_TIMEOUT = 60.0  # a request's whole answer, body included (a webhook waits for its commit)
 RECEIVE = 65536
 UNREAD_BODY_LIMIT = 65536
 LINGER = 2.0  # seconds, and bytes, a refused client's unread input is drained
@@ -226,10 +227,12 @@ class HttpConnection:
     async def _serve(self) -> None:
         app, conn = self.app, self.conn
         # One cancel scope for the connection's life. Its deadline is the
-        # idle wait, then the header timeout, while a request head is due; it
-        # is lifted while a request is answered. Shutdown cancels the scopes
-        # in ``app.idle``: connections waiting between requests, never one
-        # in the middle of an answer.
+        # idle wait, then the header timeout, while a request head is due;
+        # an answer gets at least ANSWER_TIMEOUT. Moving a deadline costs a
+        # few µs, so on a busy connection it moves about once a second, not
+        # twice per request. Shutdown cancels the scopes in ``app.idle``:
+        # connections waiting between requests, never one in the middle of
+        # an answer.
         with trio.CancelScope(deadline=trio.current_time() + HEADER_TIMEOUT) as scope:
             while True:
                 app.idle.add(scope)
@@ -246,7 +249,9 @@ class HttpConnection:
                     app.idle.discard(scope)
                 if event is http1.CONNECTION_CLOSED or scope.cancel_called:
                     return  # (a deadline or shutdown that came with the head: no half answer)
-                scope.deadline = math.inf
+                now = trio.current_time()
+                if scope.deadline < now + ANSWER_TIMEOUT:
+                    scope.deadline = now + ANSWER_TIMEOUT
                 assert isinstance(event, http1.Request), event
                 if await self._dispatch(_request(event)):
                     return  # upgraded: the WebSocket session owned the stream
@@ -262,7 +267,9 @@ class HttpConnection:
                 if app.stopping.is_set():
                     return
                 conn.start_next_cycle()
-                scope.deadline = trio.current_time() + IDLE_TIMEOUT
+                now = trio.current_time()
+                if scope.deadline < now + IDLE_TIMEOUT - 1.0:
+                    scope.deadline = now + IDLE_TIMEOUT
 
     async def _bad_http(self, exc: http1.ProtocolError) -> None:
         if self.conn.our_state in (http1.IDLE, http1.SEND_RESPONSE):

@@ -242,3 +242,45 @@ async def test_a_request_whose_body_could_be_framed_two_ways_is_refused_and_noth
     assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out
     assert relay.app.store.head == ""
     assert (await post(http, relay, "demo")).status_code == 202
+
+
+WEBHOOK = b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
+
+
+async def _answer(stream: trio.SocketStream) -> bytes:
+    out = b""
+    while b"\r\n\r\n" not in out or not out.endswith(b"}"):
+        data = await stream.receive_some(65536)
+        if not data:
+            break
+        out += data
+    return out
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(autojump_clock):
+    from relay.http import IDLE_TIMEOUT
+
+    async with running_relay() as relay:
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+        async with stream:
+            await stream.send_all(WEBHOOK)
+            assert (await _answer(stream)).startswith(b"HTTP/1.1 202 ")
+            started = trio.current_time()
+            with trio.fail_after(IDLE_TIMEOUT + 10):
+                assert await stream.receive_some(1024) == b""  # the relay hung up
+            assert trio.current_time() - started >= IDLE_TIMEOUT - 1.0
+
+
+async def test_a_keep_alive_connection_in_use_outlives_the_idle_timeout(autojump_clock):
+    from relay.http import IDLE_TIMEOUT
+
+    async with running_relay() as relay:
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+        async with stream:
+            started = trio.current_time()
+            for _ in range(5):  # one webhook every 0.6 idle timeouts: 3 timeouts in all
+                await stream.send_all(WEBHOOK)
+                assert (await _answer(stream)).startswith(b"HTTP/1.1 202 ")
+                await trio.sleep(IDLE_TIMEOUT * 0.6)
+            assert trio.current_time() - started > 2.5 * IDLE_TIMEOUT
+        assert relay.app.store.head == "5"
