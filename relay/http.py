@@ -17,7 +17,9 @@ cannot do. ``http1.py`` says why the parser is our own.
 
 Timeouts map to statuses at this edge: headers must arrive within
 ``HEADER_TIMEOUT`` (slowloris), a body within ``BODY_TIMEOUT``; an idle
-keep-alive connection is closed after ``IDLE_TIMEOUT``.
+keep-alive connection is closed after ``IDLE_TIMEOUT``, and an answer that
+takes over ``ANSWER_TIMEOUT`` (a store stalled that long) ends its
+connection.
 """
 
 from __future__ import annotations
