@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trustme
 
 from relay.app import App, serve
 from relay.config import parse
@@ -72,6 +73,21 @@ async def running_relay(text: str | None = None, env: dict[str, str] | None = No
             yield InProcess(app)
         finally:
             stop.set()
+
+
+# A test CA and a certificate for 127.0.0.1 it signed (TLS tests).
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_files(ca, tmp_path):
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path = tmp_path / "relay.pem", tmp_path / "relay.key"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    return cert_path, key_path
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import httpx
 import jwt
 import pytest
 import trio
-import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
@@ -20,20 +19,6 @@ from conftest import config_text, running_relay
 from relay.config import ConfigError, parse
 
 SECRET = "a-long-enough-hs256-secret-of-32-bytes-or-more"
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_files(ca, tmp_path):
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = tmp_path / "relay.pem", tmp_path / "relay.key"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return cert_path, key_path
 
 
 def client_context(ca) -> ssl.SSLContext:

@@ -17,7 +17,6 @@ import subprocess
 import pytest
 import trio
 import trio.testing
-import trustme
 from wsproto.frame_protocol import Opcode
 
 import rawws
@@ -25,20 +24,6 @@ from conftest import config_text, running_relay
 from relay.tls import TlsStream, server_context
 
 PAD = "x" * 4000
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_files(ca, tmp_path):
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = tmp_path / "relay.pem", tmp_path / "relay.key"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return cert_path, key_path
 
 
 def tls_config(tls_files, extra: str = "") -> str:
