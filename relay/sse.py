@@ -62,7 +62,7 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
         ("x-accel-buffering", "no"),  # tell nginx not to buffer the stream
         ("transfer-encoding", "chunked"),
     ])
-    await hc.stream.send_all(head)
+    await hc.write(head)
     hc.detached = True
     app.tune_subscriber(hc.stream)
     app.hand_off(SseSession(app, hc.stream, grant).run, patterns, since)

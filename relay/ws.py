@@ -137,7 +137,7 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
     ]
     if subprotocol:
         response.append(("sec-websocket-protocol", subprotocol))
-    await hc.stream.send_all(hc.conn.switch(101, response))
+    await hc.write(hc.conn.switch(101, response))
     trailing = hc.conn.trailing_data
     session = Session(app, hc.stream, trailing, grant)
     hc.detached = True
