@@ -48,6 +48,37 @@ class SessionBase:
     async def _react(self) -> None:
         raise NotImplementedError
 
+    # Set by each transport's session.
+    app: App
+    stream: trio.abc.Stream
+    sub: Subscriber
+
+    async def run(self, patterns: list[str], since: str | None) -> None:
+        """The session, from its subscription until the peer or the relay
+        ends it; the stream is closed and the hub left either way."""
+        app, sub = self.app, self.sub
+        try:
+            async with trio.open_nursery() as nursery:
+                self._started(nursery, app.stopping.is_set())
+                app.sessions.add(self)
+                self._open(patterns, since)
+                await self._serve()
+                nursery.cancel_scope.cancel()
+        finally:
+            sub.detach(app.hub)
+            app.sessions.discard(self)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+
+    def _open(self, patterns: list[str], since: str | None) -> None:
+        """Subscribe and greet, synchronously: the head id in the greeting is
+        exactly where live delivery starts."""
+        raise NotImplementedError
+
+    async def _serve(self) -> None:
+        """Read from the peer until it is gone."""
+        raise NotImplementedError
+
     def _started(self, nursery: trio.Nursery, stopping: bool) -> None:
         """Call first thing inside the session's nursery."""
         self.nursery = nursery

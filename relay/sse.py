@@ -85,27 +85,16 @@ class SseSession(SessionBase):
         if not self._acting:
             self.sub.write(HEARTBEAT)
 
-    async def run(self, patterns: list[str], since: str | None) -> None:
+    def _open(self, patterns: list[str], since: str | None) -> None:
         app, sub = self.app, self.sub
-        try:
-            async with trio.open_nursery() as nursery:
-                self._started(nursery, app.stopping.is_set())
-                app.sessions.add(self)
-                if self.grant is not None and self.grant.expires is not None:
-                    delay = max(0.0, self.grant.expires - app.now())
-                    app.timers.call_at(trio.current_time() + delay, self.wake)
-                start = app.store.parse_id(since if since is not None else app.hub.head)
-                sub.subscribe(app.hub, patterns, resuming=since is not None, start=start)
-                sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.hub.head.encode() + b"\n\n"))
-                if since is not None:
-                    nursery.start_soon(sub.replay, app.store, patterns, since)
-                await self._until_closed()
-                nursery.cancel_scope.cancel()
-        finally:
-            sub.detach(app.hub)
-            app.sessions.discard(self)
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self.stream.aclose()
+        if self.grant is not None and self.grant.expires is not None:
+            delay = max(0.0, self.grant.expires - app.now())
+            app.timers.call_at(trio.current_time() + delay, self.wake)
+        start = app.store.parse_id(since if since is not None else app.hub.head)
+        sub.subscribe(app.hub, patterns, resuming=since is not None, start=start)
+        sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.hub.head.encode() + b"\n\n"))
+        if since is not None:
+            self._spawn(sub.replay, app.store, patterns, since)
 
     async def _react(self) -> None:
         """Any alarm ends the stream: shutdown, slow consumer, browser gone,
@@ -120,7 +109,7 @@ class SseSession(SessionBase):
         assert self.nursery is not None
         self.nursery.cancel_scope.cancel()
 
-    async def _until_closed(self) -> None:
+    async def _serve(self) -> None:
         # An EventSource never sends; end of input means the browser left.
         try:
             while await self.stream.receive_some(4096):

@@ -205,31 +205,19 @@ class Session(SessionBase):
     def error(self, code: str, detail: str) -> None:
         self.send_json({"type": "error", "error": code, "detail": detail})
 
-    async def run(self, patterns: list[str], since: str | None) -> None:
+    def _open(self, patterns: list[str], since: str | None) -> None:
         app, sub = self.app, self.sub
-        try:
-            async with trio.open_nursery() as nursery:
-                self._started(nursery, app.stopping.is_set())
-                app.sessions.add(self)
-                self._schedule_expiry()
-                # Everything from here to the welcome is synchronous: the
-                # head id in the welcome is exactly where live delivery starts.
-                start = app.store.parse_id(since if since is not None else app.hub.head)
-                sub.subscribe(app.hub, patterns, resuming=since is not None and bool(patterns), start=start)
-                self.send_json({"type": "welcome", "id": app.hub.head, "channels": patterns})
-                if since is not None and patterns:
-                    self._request(("resume", ",".join(patterns), since))
-                await self._reader()
-                nursery.cancel_scope.cancel()
-        finally:
-            sub.detach(app.hub)
-            app.sessions.discard(self)
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self.stream.aclose()
+        self._schedule_expiry()
+        start = app.store.parse_id(since if since is not None else app.hub.head)
+        sub.subscribe(app.hub, patterns, resuming=since is not None and bool(patterns), start=start)
+        self.send_json({"type": "welcome", "id": app.hub.head, "channels": patterns})
+        if since is not None and patterns:
+            self._request(("resume", ",".join(patterns), since))
 
     # -- client frames ---------------------------------------------------
 
-    async def _reader(self) -> None:
+    async def _serve(self) -> None:
+        """The reader: client frames, until the peer is gone."""
         parts: list[str] = []
         size = 0
         while True:
