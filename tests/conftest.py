@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import trio
 import trustme
 
 from relay.app import App, serve
-from relay.config import parse
+from relay.config import StoreConfig, parse
+from relay.envelope import Draft
+from relay.store import Store, open_store
 
 LISTENING = re.compile(rb"listening on (https?)://([^\s:]+|\[[^\]]+\]):(\d+)")
 
@@ -73,6 +76,25 @@ async def running_relay(text: str | None = None, env: dict[str, str] | None = No
             yield InProcess(app)
         finally:
             stop.set()
+
+
+def draft(channel: str = "demo", *, n: int = 0, dedupe: str | None = None, ts: int | None = None) -> Draft:
+    """A webhook ready for a store: body ``{"n": n}``, received at ``ts`` (ms; now by default)."""
+    return Draft(channel=channel, route="r", ts=int(time.time() * 1000) if ts is None else ts, delivery=dedupe,
+                 headers={"Content-Type": "application/json"}, data=b'{"n":%d}' % n, dedupe=dedupe)
+
+
+@asynccontextmanager
+async def running_store(config: StoreConfig, published: list | None = None):
+    """A store engine running in the test's nursery; what it publishes goes to ``published``."""
+    store: Store = open_store(config, (published if published is not None else []).extend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        try:
+            yield store
+        finally:
+            await store.close()
+            nursery.cancel_scope.cancel()
 
 
 # A test CA and a certificate for 127.0.0.1 it signed (TLS tests).

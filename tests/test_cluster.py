@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -23,10 +22,9 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from conftest import Daemon, config_text
+from conftest import Daemon, config_text, draft, running_store
 from relay.config import StoreConfig
-from relay.envelope import Draft
-from relay.store import StoreUnavailable, open_store
+from relay.store import StoreUnavailable
 from relay.store.redis import RedisStore
 
 SHARED = ("127.0.0.1", 6379)
@@ -185,22 +183,8 @@ def key(event_id: str) -> tuple[int, int]:
 # -- the engine, in this process ----------------------------------------------
 
 
-def draft(channel: str = "demo", n: int = 0, dedupe: str | None = None) -> Draft:
-    return Draft(channel=channel, route="r", ts=int(time.time() * 1000), delivery=dedupe,
-                 headers={"Content-Type": "application/json"}, data=b'{"n":%d}' % n, dedupe=dedupe)
-
-
-@asynccontextmanager
-async def opened(url: str, prefix: str, published: list | None = None, **kw):
-    store = open_store(StoreConfig(engine="redis", url=url, prefix=prefix, **kw),
-                       (published if published is not None else []).extend)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        try:
-            yield store
-        finally:
-            await store.close()
-            nursery.cancel_scope.cancel()
+def opened(url: str, prefix: str, published: list | None = None, **kw):
+    return running_store(StoreConfig(engine="redis", url=url, prefix=prefix, **kw), published)
 
 
 async def delivered(store: RedisStore, event_id: str) -> None:

@@ -3,38 +3,28 @@ group commit and durability - for every embedded engine."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
 
+from conftest import draft, running_store
 from relay.config import StoreConfig
-from relay.envelope import Draft
 from relay.store import open_store
 from relay.store.sqlite import SqliteStore
 
 ENGINES = ["memory", "sqlite"]
 
 
-def draft(channel: str = "demo", ts: int = 1_000_000, dedupe: str | None = None, n: int = 0) -> Draft:
-    return Draft(channel=channel, route="r", ts=ts, delivery=dedupe, headers={"Content-Type": "application/json"},
-                 data=b'{"n":%d}' % n, dedupe=dedupe)
+# Received at a fixed moment unless a test says otherwise: retention by age is tested.
+draft = functools.partial(draft, ts=1_000_000)
 
 
-@asynccontextmanager
-async def opened(engine: str, tmp_path, published: list | None = None, **kw):
-    config = StoreConfig(engine=engine, path=str(tmp_path / "log.db"), **kw)
-    store = open_store(config, (published if published is not None else []).extend)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        try:
-            yield store
-        finally:
-            await store.close()
-            nursery.cancel_scope.cancel()
+def opened(engine: str, tmp_path, published: list | None = None, **kw):
+    return running_store(StoreConfig(engine=engine, path=str(tmp_path / "log.db"), **kw), published)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
