@@ -13,6 +13,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -238,10 +239,6 @@ async def test_a_clients_close_notify_ends_its_session_and_is_answered(ca, tls_f
                 await trio.sleep(0.01)
 
 
-async def _openssl_client(port: int, ca_path: str, *args: str):
-    return await trio.lowlevel.open_process(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", ca_path, "-crlf", *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 class _Output:
@@ -257,19 +254,32 @@ class _Output:
         return self.text.find(marker, after)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-async def test_a_tls13_key_update_from_the_client_is_answered_and_events_keep_flowing(ca, tls_files, tmp_path):
+@asynccontextmanager
+async def openssl_sse_subscriber(ca, tmp_path, port: int, version: str):
+    """``openssl s_client`` (``-msg``: it prints every TLS message) subscribed
+    to /sse?channel=demo and past the welcome; killed afterwards."""
     ca_path = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_path))
+    process = await trio.lowlevel.open_process(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca_path), "-crlf", version, "-msg"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = _Output(process)
+    try:
+        await process.stdin.send_all(b"GET /sse?channel=demo HTTP/1.1\nHost: x\n\n")
+        with trio.fail_after(20):
+            await out.until(b": welcome")
+        yield process, out
+    finally:
+        process.kill()
+        await process.wait()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_a_tls13_key_update_from_the_client_is_answered_and_events_keep_flowing(ca, tls_files, tmp_path):
     async with running_relay(tls_config(tls_files)) as relay:
-        context = client_context(ca)
-        https = Https(await tls_connect(relay.port, context))
-        process = await _openssl_client(relay.port, str(ca_path), "-tls1_3", "-msg")
-        out = _Output(process)
-        try:
+        https = Https(await tls_connect(relay.port, client_context(ca)))
+        async with openssl_sse_subscriber(ca, tmp_path, relay.port, "-tls1_3") as (process, out):
             with trio.fail_after(20):
-                await process.stdin.send_all(b"GET /sse?channel=demo HTTP/1.1\nHost: x\n\n")
-                await out.until(b": welcome")
                 first = (await publish(https, 1, pad="a"))[0]
                 await out.until(f"id: {first}".encode())
                 mark = len(out.text)
@@ -286,25 +296,16 @@ async def test_a_tls13_key_update_from_the_client_is_answered_and_events_keep_fl
                     n += 1
                 last = (await publish(https, 1, start=n, pad="c"))[0]
                 await out.until(f"id: {last}".encode(), mark)
-        finally:
-            process.kill()
-            await process.wait()
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 async def test_renegotiation_is_refused_and_others_go_on(ca, tls_files, tmp_path):
-    ca_path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
     async with running_relay(tls_config(tls_files)) as relay:
         context = client_context(ca)
         https = Https(await tls_connect(relay.port, context))
         reader = await wss(relay.port, context)
-        process = await _openssl_client(relay.port, str(ca_path), "-tls1_2", "-msg")
-        out = _Output(process)
-        try:
+        async with openssl_sse_subscriber(ca, tmp_path, relay.port, "-tls1_2") as (process, out):
             with trio.fail_after(20):
-                await process.stdin.send_all(b"GET /sse?channel=demo HTTP/1.1\nHost: x\n\n")
-                await out.until(b": welcome")
                 mark = len(out.text)
                 await process.stdin.send_all(b"R\n")
                 await out.until(b"no renegotiation", mark)  # the relay's alert
@@ -312,9 +313,6 @@ async def test_renegotiation_is_refused_and_others_go_on(ca, tls_files, tmp_path
                 got: list[str] = []
                 await read_ids(reader, 3, got)
                 assert got == ids
-        finally:
-            process.kill()
-            await process.wait()
 
 
 # -- the stream itself, against trio's client --------------------------------
