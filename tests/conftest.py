@@ -78,6 +78,15 @@ async def running_relay(text: str | None = None, env: dict[str, str] | None = No
             stop.set()
 
 
+async def until(condition, timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds, for at most ``timeout`` seconds.
+    For what the relay does on its own once the kernel delivers a close or a
+    reset (a subscriber leaving): no event says so, so look every 10 ms."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+
+
 def draft(channel: str = "demo", *, n: int = 0, dedupe: str | None = None, ts: int | None = None) -> Draft:
     """A webhook ready for a store: body ``{"n": n}``, received at ``ts`` (ms; now by default)."""
     return Draft(channel=channel, route="r", ts=int(time.time() * 1000) if ts is None else ts, delivery=dedupe,

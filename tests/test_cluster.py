@@ -22,7 +22,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from conftest import Daemon, config_text, draft, running_store
+from conftest import Daemon, config_text, draft, running_store, until
 from relay.config import StoreConfig
 from relay.store import StoreUnavailable
 from relay.store.redis import RedisStore
@@ -420,31 +420,26 @@ async def test_a_redis_restart_mid_stream_loses_nothing_acknowledged(relays, htt
                 refused.append(n)
                 await trio.sleep(0.02)
 
-    async def until(predicate, timeout=20):
-        with trio.fail_after(timeout):
-            while not predicate():
-                await trio.sleep(0.02)
-
     async with trio.open_nursery() as nursery:
         on_a = await nursery.start(Listener().run, f"{a.ws_base}/ws?channel=demo")
         on_b = await nursery.start(Listener().run, f"{b.ws_base}/ws?channel=demo")
         async with trio.open_nursery() as senders:
             senders.start_soon(sender, a, 0)
             senders.start_soon(sender, b, 1)
-            await until(lambda: len(acked) >= 40)
+            await until(lambda: len(acked) >= 40, 20)
             own_redis.kill()
-            await until(lambda: len(refused) >= 4)
+            await until(lambda: len(refused) >= 4, 20)
             for relay in (a, b):
                 assert (await http.get(f"{relay.base}/readyz")).status_code == 503
             own_redis.start()
             count = len(acked)
-            await until(lambda: len(acked) >= count + 40)
+            await until(lambda: len(acked) >= count + 40, 20)
             stop.set()
         for relay in (a, b):
             await ready(http, relay)
         want = set(acked)
         # Events stored but refused (a reply lost in the crash) may come too.
-        await until(lambda: want <= set(on_a.ids) and want <= set(on_b.ids) and len(on_a.ids) == len(on_b.ids))
+        await until(lambda: want <= set(on_a.ids) and want <= set(on_b.ids) and len(on_a.ids) == len(on_b.ids), 20)
         nursery.cancel_scope.cancel()
     # The same connections saw everything, once, in the log's order.
     assert on_a.ids == on_b.ids

@@ -11,7 +11,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 from wsproto.frame_protocol import Opcode
 
 import rawws
-from conftest import config_text, running_relay
+from conftest import config_text, running_relay, until
 
 PAD = "x" * 4000
 
@@ -126,9 +126,7 @@ async def test_a_subscriber_that_vanishes_mid_frame_is_freed_and_others_go_on(ht
             await stream.aclose()  # RST
             await publish(http, relay, 19)
         assert len(others) == 20
-        with trio.fail_after(10):
-            while relay.app.subscriber_count() != 0:
-                await trio.sleep(0.01)
+        await until(lambda: relay.app.subscriber_count() == 0)
 
 
 async def test_max_connections_refuses_the_next_subscriber_with_503_before_the_upgrade():
@@ -162,9 +160,7 @@ async def test_a_client_flooding_subscribe_messages_is_closed(relay):
                 codes.append(frame[1][0])
                 break
     assert codes in ([1008], [])  # closed: with its close frame, or cut off
-    with trio.fail_after(10):
-        while relay.app.subscriber_count():
-            await trio.sleep(0.01)
+    await until(lambda: relay.app.subscriber_count() == 0)
     await stream.aclose()
 
 
@@ -194,9 +190,7 @@ async def test_ingest_answers_503_with_retry_after_only_when_the_store_falls_beh
         async with trio.open_nursery() as nursery:
             for _ in range(12):
                 nursery.start_soon(one)
-            with trio.fail_after(10):
-                while 503 not in statuses:
-                    await trio.sleep(0.01)
+            await until(lambda: 503 in statuses)
             gate.set()
         assert statuses.count(503) >= 1 and statuses.count(202) >= 5, statuses
         assert len(statuses) == 12

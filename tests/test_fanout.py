@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import trio
+from conftest import until
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from relay.envelope import Draft, Event, encode_envelope
@@ -87,9 +88,7 @@ async def test_a_backed_up_subscriber_in_drop_mode_gets_gaps_and_its_neighbour_e
             hub.publish(events[n : n + 20])
             await trio.sleep(0)
         slow_got = await read_messages(slow_client, "300")
-        with trio.fail_after(20):
-            while not received:
-                await trio.sleep(0.01)
+        await until(lambda: bool(received), 20)
         nursery.cancel_scope.cancel()
     assert [m["id"] for m in received] == [e.id for e in events]
     ids = [m["id"] for m in slow_got if m.get("type") == "event"]

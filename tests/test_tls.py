@@ -21,7 +21,7 @@ import trio.testing
 from wsproto.frame_protocol import Opcode
 
 import rawws
-from conftest import config_text, running_relay
+from conftest import config_text, running_relay, until
 from relay.tls import TlsStream, server_context
 
 PAD = "x" * 4000
@@ -182,9 +182,7 @@ async def test_a_wss_subscriber_that_vanishes_mid_stream_does_not_disturb_the_ot
                 sock.close()
                 ids += await publish(https, 20, start=20)
         assert all(sink == ids for sink in sinks)
-        with trio.fail_after(10):
-            while relay.app.subscriber_count() != len(readers):
-                await trio.sleep(0.01)
+        await until(lambda: relay.app.subscriber_count() == len(readers))
 
 
 async def test_https_webhooks_on_one_keep_alive_connection(ca, tls_files):
@@ -225,8 +223,7 @@ async def test_a_clients_close_notify_ends_its_session_and_is_answered(ca, tls_f
             transport, trailing = await stream.unwrap()  # ours sent; returns on the relay's close_notify
             assert trailing == b"" and await transport.receive_some(100) == b""
             await transport.aclose()
-            while relay.app.subscriber_count():
-                await trio.sleep(0.01)
+            await until(lambda: relay.app.subscriber_count() == 0)
             # A wss subscriber and a keep-alive https connection likewise.
             reader = await wss(relay.port, context)
             https = Https(await tls_connect(relay.port, context, https_compatible=False))
@@ -235,8 +232,7 @@ async def test_a_clients_close_notify_ends_its_session_and_is_answered(ca, tls_f
                 transport, _ = await stream.unwrap()
                 assert await transport.receive_some(100) == b""
                 await transport.aclose()
-            while relay.app.subscriber_count():
-                await trio.sleep(0.01)
+            await until(lambda: relay.app.subscriber_count() == 0)
 
 
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from conftest import config_text, running_relay
+from conftest import config_text, running_relay, until
 
 
 async def post_json(http, relay, route, obj, **headers):
@@ -46,9 +46,7 @@ async def test_subscribers_get_exactly_the_channels_and_patterns_they_asked_for(
         await post_json(http, relay, "gh", {"x": 1}, **{"X-GitHub-Event": "push"})
         await post_json(http, relay, "gh", {"x": 2}, **{"X-GitHub-Event": "issues"})
         await post_json(http, relay, "pay", {"type": "charge"})
-        with trio.fail_after(10):
-            while len(got["all"]) < 3 or len(got["prefix"]) < 2 or len(got["exact"]) < 1:
-                await trio.sleep(0.01)
+        await until(lambda: len(got["all"]) >= 3 and len(got["prefix"]) >= 2 and len(got["exact"]) >= 1)
         nursery.cancel_scope.cancel()
     assert got["exact"] == ["github.push"]
     assert got["prefix"] == ["github.push", "github.issues"]
