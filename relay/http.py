@@ -40,7 +40,7 @@ from . import envelope, http1
 from .errors import BadRequest, MethodNotAllowed, NotFound, RelayError, TooLarge
 from .errors import RateLimited, Unavailable
 from .ingest import Challenge
-from .subscriber import raw_fd
+from .sockets import raw_fd, send_now
 from .tls import TlsStream
 
 if TYPE_CHECKING:
@@ -127,12 +127,7 @@ class HttpConnection:
         scheduler per answer. The loop still yields at every read. Over TLS
         the answer is encrypted and written the same way (``try_send``)."""
         if self.fd is not None:
-            try:
-                sent = os.write(self.fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"the client is gone: {exc}") from None
+            sent = send_now(self.fd, data)
             if sent == len(data):
                 return
             data = data[sent:]
@@ -279,7 +274,7 @@ class HttpConnection:
             data = self.conn.refuse(exc.status, [
                 ("content-type", "application/json"), ("content-length", str(len(body)))], body)
             try:
-                await self.stream.send_all(data)
+                await self.write(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 

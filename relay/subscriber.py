@@ -19,8 +19,6 @@ after the replay, minus those the replay already sent: no gap, no duplicate.
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -28,6 +26,7 @@ import trio
 
 from .envelope import Event
 from .route import matches
+from .sockets import raw_fd, send_now
 from .tls import TlsStream
 
 if TYPE_CHECKING:
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
     from .store import Store
 
 # What a write to a peer that went away fails with.
-_PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN})
 
 # Seconds an on-demand writer waits for more before its task ends.
 WRITER_LINGER = 5.0
@@ -48,13 +46,6 @@ def _reaches(event: Event, subscriptions: list[tuple[str, object]]) -> bool:
     """Does one of ``subscriptions`` (pattern, start key) deliver ``event``?"""
     return any(event.key > start and matches(pattern, event.channel)  # type: ignore[operator]
                for pattern, start in subscriptions)
-
-
-def raw_fd(stream: trio.abc.Stream) -> int | None:
-    """The socket's fd when writing to it directly is safe (plain TCP)."""
-    if isinstance(stream, trio.SocketStream):
-        return stream.socket.fileno()
-    return None
 
 
 class Subscriber:
@@ -282,29 +273,21 @@ class Subscriber:
         None when the peer is gone (the subscriber is then ``lost``). Over
         TLS all of ``data`` or none is taken."""
         tls = self.tls
-        if tls is not None:
-            try:
-                sent = tls.try_send(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.lost()
-                return None
-            if sent and tls.backed_up:
-                # Encrypted, but the kernel took only part of the ciphertext:
-                # the writer's send_all (of nothing) flushes the rest.
-                self.pending.append(b"")
-                self.pending_ids.append(None)
-                self._kick()
-            return sent
-        assert self.fd is not None
         try:
-            return os.write(self.fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            if exc.errno in _PEER_GONE:
-                self.lost()
-                return None
-            raise
+            if tls is None:
+                assert self.fd is not None
+                return send_now(self.fd, data)
+            sent = tls.try_send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.lost()
+            return None
+        if sent and tls.backed_up:
+            # Encrypted, but the kernel took only part of the ciphertext:
+            # the writer's send_all (of nothing) flushes the rest.
+            self.pending.append(b"")
+            self.pending_ids.append(None)
+            self._kick()
+        return sent
 
     def _overflow(self) -> None:
         if self.policy == "drop" and self.hold is None:

@@ -53,10 +53,11 @@ How the pieces fit:
 
 from __future__ import annotations
 
-import os
 import ssl
 
 import trio
+
+from .sockets import send_now
 
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 1.0  # seconds close_notify (and ciphertext before it) may take
@@ -156,11 +157,9 @@ class TlsStream(trio.abc.Stream):
         if data is None or self._state is not _OK:
             return  # (never write to an fd that may already belong to another socket)
         try:
-            sent = os.write(self._fd, data)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            raise self._broken(exc) from exc
+            sent = send_now(self._fd, data)
+        except trio.BrokenResourceError as exc:
+            raise self._broken(exc.__cause__ or exc) from exc.__cause__
         if sent == len(data):
             self._unsent = None
         else:
