@@ -17,6 +17,7 @@ import trio
 from . import envelope
 from .envelope import Event
 from .errors import BadRequest, MethodNotAllowed, Unavailable
+from .store import StoreUnavailable
 from .session import SessionBase
 from .ws import channels_from_query
 
@@ -56,6 +57,8 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
     grant = app.authorize(request, patterns)
     if app.subscriber_count() >= app.config.server.max_connections:
         raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
+    if since is not None and not app.store.readable:
+        raise StoreUnavailable("the event store is not answering; resume later")
     head = hc.conn.switch(200, [
         ("content-type", "text/event-stream"),
         ("cache-control", "no-cache"),
@@ -91,19 +94,29 @@ class SseSession(SessionBase):
             delay = max(0.0, self.grant.expires - app.now())
             app.timers.call_at(trio.current_time() + delay, self.wake)
         start = app.store.parse_id(since if since is not None else app.hub.head)
-        sub.subscribe(app.hub, patterns, resuming=since is not None, start=start)
+        sub.subscribe(app.hub, patterns, resuming=since is not None, start=start,
+                      head=(app.store.parse_id(app.hub.head), app.hub.head))
         sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.hub.head.encode() + b"\n\n"))
         if since is not None:
-            self._spawn(sub.replay, app.store, patterns, since)
+            self._spawn(self._replay, patterns, since)
+
+    async def _replay(self, patterns: list[str], since: str) -> None:
+        try:
+            await self.sub.replay(self.app.store, patterns, since)
+        except StoreUnavailable:
+            # The held events cannot follow without a hole: end the stream;
+            # the browser's EventSource comes back with Last-Event-ID.
+            self.wake()
 
     async def _react(self) -> None:
         """Any alarm ends the stream: shutdown, slow consumer, browser gone,
         token expired."""
         sub = self.sub
         if not sub.closed:
-            if sub.overflowed:
+            if sub.overflowed or sub.flooded:
                 sub.truncate()
-            sub.write(END)
+            # The last chunk: nothing may follow it.
+            sub.finish(END)
             with trio.move_on_after(1.0):
                 await sub.drained()
         assert self.nursery is not None

@@ -28,6 +28,7 @@ from wsproto.utilities import generate_accept_token
 from . import envelope
 from .envelope import Event
 from .errors import BadRequest, MethodNotAllowed, RelayError, Unavailable
+from .store import StoreUnavailable
 from .route import parse_pattern
 from .session import SessionBase
 
@@ -43,6 +44,7 @@ MAX_CLIENT_MESSAGE = 64 * 1024
 CONTROL_BACKLOG = 32  # client requests waiting for the control task
 SLOW_DRAIN = 1.0  # seconds a slow consumer gets to take its close frame
 CLOSE_WAIT = 1.0  # seconds to wait for the client's close reply
+PING_PAYLOAD = b"relay"
 
 
 class _ServerConnection(Connection):
@@ -130,6 +132,8 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
     grant = app.authorize(request, patterns)
     if app.subscriber_count() >= app.config.server.max_connections:
         raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
+    if since is not None and not app.store.readable:
+        raise StoreUnavailable("the event store is not answering; resume later")
     response = [
         ("upgrade", "websocket"),
         ("connection", "Upgrade"),
@@ -177,7 +181,7 @@ class Session(SessionBase):
             return
         self.unanswered_pings += 1
         if self.ws.state is ConnectionState.OPEN:
-            self.sub.write(self.ws.send(Ping(payload=b"relay")))
+            self.sub.write(self.ws.send(Ping(payload=PING_PAYLOAD)))
 
     def _schedule_expiry(self) -> None:
         if self.expires is not None:
@@ -209,7 +213,8 @@ class Session(SessionBase):
         app, sub = self.app, self.sub
         self._schedule_expiry()
         start = app.store.parse_id(since if since is not None else app.hub.head)
-        sub.subscribe(app.hub, patterns, resuming=since is not None and bool(patterns), start=start)
+        sub.subscribe(app.hub, patterns, resuming=since is not None and bool(patterns), start=start,
+                      head=(app.store.parse_id(app.hub.head), app.hub.head))
         self.send_json({"type": "welcome", "id": app.hub.head, "channels": patterns})
         if since is not None and patterns:
             self._request(("resume", ",".join(patterns), since))
@@ -245,11 +250,14 @@ class Session(SessionBase):
                 elif isinstance(event, Ping):
                     self.sub.write(self.ws.send(event.response()))
                 elif isinstance(event, Pong):
-                    self.unanswered_pings = 0
+                    # Only an answer to our ping shows the client reads; an
+                    # unsolicited pong (allowed as a heartbeat) shows nothing.
+                    if event.payload == PING_PAYLOAD:
+                        self.unanswered_pings = 0
                 elif isinstance(event, CloseConnection):
                     if self.ws.state is ConnectionState.REMOTE_CLOSING:
                         # The client closes: echo its close, flush, done.
-                        self.sub.write(self.ws.send(event.response()))
+                        self.sub.finish(self.ws.send(event.response()))
                         with trio.move_on_after(CLOSE_WAIT):
                             await self.sub.drained()
                     elif self.ws.state is ConnectionState.OPEN:
@@ -296,10 +304,21 @@ class Session(SessionBase):
         finally:
             self._control_running = False
 
+    async def _replay(self, patterns: list[str], since: str) -> None:
+        try:
+            await self.sub.replay(self.app.store, patterns, since)
+        except StoreUnavailable as exc:
+            # The events held meanwhile cannot follow without a hole: say why,
+            # and close so the client resumes once the store is back.
+            log.info("closing a resuming websocket: %s", exc.detail)
+            self.send_json({"type": "error", "error": "unavailable", "detail": exc.detail})
+            self._acting = True
+            await self.close(1013, "store unavailable")
+
     async def _serve_request(self, kind: str, channel: str, since: str | None) -> None:
         app, sub = self.app, self.sub
         if kind == "resume":
-            await sub.replay(app.store, channel.split(","), since or "")
+            await self._replay(channel.split(","), since or "")
             return
         try:
             pattern = parse_pattern(channel)
@@ -322,10 +341,11 @@ class Session(SessionBase):
             self.error(exc.code, exc.detail)
             return
         start = app.store.parse_id(since if since is not None else app.hub.head)
-        sub.subscribe(app.hub, [pattern], resuming=since is not None, start=start)
+        sub.subscribe(app.hub, [pattern], resuming=since is not None, start=start,
+                      head=(app.store.parse_id(app.hub.head), app.hub.head))
         self.send_json({"type": "subscribed", "channel": pattern, "id": app.hub.head})
         if since is not None:
-            await sub.replay(app.store, [pattern], since)
+            await self._replay([pattern], since)
 
     # -- liveness and closing -------------------------------------------
 
@@ -333,6 +353,8 @@ class Session(SessionBase):
         sub = self.sub
         if sub.overflowed:
             await self.close(1013, "slow consumer")
+        elif sub.flooded:
+            await self.close(1008, "too many requests", wait_reply=False)
         elif sub.closed:
             assert self.nursery is not None
             self.nursery.cancel_scope.cancel()  # the peer is gone: nothing to say
@@ -351,12 +373,14 @@ class Session(SessionBase):
         sub = self.sub
         if self.ws.state is ConnectionState.OPEN:
             frame = self.ws.send(CloseConnection(code=code, reason=reason))
-            if code == 1013:
-                # Queued events will come back by resume; only the close frame
-                # (after any half-written frame) still has to get through.
+            if code in (1013, 1008):
+                # Queued events will come back by resume, and a flooding
+                # client's answers are not worth waiting for; only the close
+                # frame (after any half-written frame) still has to get through.
                 sub.truncate()
-            sub.write(frame)
-        with trio.move_on_after(SLOW_DRAIN if code == 1013 else CLOSE_WAIT):
+            # Nothing follows a close frame (RFC 6455 5.5.1): no event, no pong.
+            sub.finish(frame)
+        with trio.move_on_after(SLOW_DRAIN if code in (1013, 1008) else CLOSE_WAIT):
             await sub.drained()
             if wait_reply and code != 1013:
                 # Wait for the client's close reply (the reader returns on it).

@@ -305,7 +305,7 @@ async def test_every_key_starts_with_the_prefix(shared_redis, prefix):
         await store.append([draft(dedupe="k1"), draft()])
     async with coredis.Redis.from_url(shared_redis) as client:
         keys = sorted([k.decode() async for k in client.scan_iter(match=prefix + "*")])
-    assert keys == [prefix + "dedupe:k1", prefix + "log"]
+    assert keys == [prefix + "dedupe:k1", prefix + "epoch", prefix + "log"]
 
 
 async def test_append_without_redis_is_unavailable_and_ping_is_false(own_redis, tmp_path):

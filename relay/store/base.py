@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ..core.outbox import Page
 from ..envelope import Draft, Event
 from ..errors import Unavailable
 from ..route import matches
@@ -124,7 +125,19 @@ class Store:
         raise NotImplementedError
 
     async def read(self, after: object, patterns: Sequence[str], limit: int) -> list[Event]:
+        """Up to ``limit`` stored events after ``after`` on ``patterns``."""
+        return (await self.read_page(after, patterns, limit)).events
+
+    async def read_page(self, after: object, patterns: Sequence[str], limit: int) -> Page:
+        """The same, with what a resume must know of the log at that moment
+        (its head; whether retention dropped events after ``after``), all
+        read at once so no trim can slip between them."""
         raise NotImplementedError
+
+    @property
+    def readable(self) -> bool:
+        """Whether a resume can read the log now (a cheap, local answer)."""
+        return True
 
     async def ping(self) -> bool:
         raise NotImplementedError

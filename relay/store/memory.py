@@ -13,6 +13,7 @@ import trio
 
 from ..config import StoreConfig
 from ..envelope import Draft, Event, encode_envelope
+from ..core.outbox import Page
 from .base import Appended, SeqLog, StoreUnavailable, selects
 
 
@@ -75,17 +76,19 @@ class MemoryStore(SeqLog):
         ):
             self._deliveries = {k: v for k, v in self._deliveries.items() if v[1] >= cutoff}
 
-    async def read(self, after: object, patterns: Sequence[str], limit: int) -> list[Event]:
+    async def read_page(self, after: object, patterns: Sequence[str], limit: int) -> Page:
         await trio.lowlevel.checkpoint()
         start = bisect.bisect_right(self._keys, after, lo=self._start)  # type: ignore[call-overload]
         out: list[Event] = []
+        more = False
         for i in range(start, len(self._events)):
             event = self._events[i]
             if selects(patterns, event.channel):
-                out.append(event)
                 if len(out) >= limit:
+                    more = True
                     break
-        return out
+                out.append(event)
+        return Page(out, self._seq, self._pruned, more=more)
 
     async def ping(self) -> bool:
         return not self._closed

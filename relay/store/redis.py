@@ -8,6 +8,9 @@ Keys, all under ``store.prefix``:
 - ``<prefix>pruned``: the newest id retention dropped, for gap detection.
 - ``<prefix>dedupe:<delivery key>``: ``"<id> <channel>"`` of the delivery's
   first event, expiring after ``retention_age``.
+- ``<prefix>epoch``: a token written with the log's first entry. A Redis that
+  comes back without its data has none, which is how a loss is told from a
+  log that merely grew (new ids are later ones either way).
 
 Writes: one writer task drains every pending append into one call of a Lua
 script (the same group commit as the sqlite engine), so webhooks that wait at
@@ -18,7 +21,8 @@ trims by count and age, and returns the ids.
 Reads: one tail task per relay follows the stream (XREAD BLOCK from the last
 id it delivered) and is the only caller of ``publish``, so every relay hands
 its hub the same events in the same order, whichever relay took the webhook.
-Resumes read with XRANGE. When Redis goes away, appends fail with
+Resumes read with XRANGE inside a script that also returns the pruned mark
+and the newest id, so a trim never slips between them. When Redis goes away, appends fail with
 ``StoreUnavailable`` (503), ``ping`` is false, and the tail retries with
 backoff and carries on after the last id it delivered: nothing stored is
 skipped.
@@ -33,6 +37,7 @@ the last second). Requires Redis 6.2 or newer (exclusive XRANGE); tested on
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
@@ -45,6 +50,7 @@ from coredis.retry import NoRetryPolicy
 from ..config import StoreConfig
 from ..envelope import Draft, Event, encode_envelope
 from . import base
+from ..core.outbox import Page
 from .base import Appended, GroupCommit, Store, StoreUnavailable, selects
 
 log = logging.getLogger("relay.store")
@@ -153,16 +159,43 @@ def url_problem(url: str) -> str | None:
 # rather than one per webhook; age retention finds its last victim with one
 # XREVRANGE. Age is on the server's clock, the clock the ids are made of.
 #
-# KEYS[1] the stream, KEYS[2] the pruned mark, KEYS[3..] dedupe keys.
-# ARGV: maxlen, slack, dedupe window ms, then per draft: channel, ts, rest,
+# The log's epoch: a token the first append writes beside the stream. A
+# Redis that comes back without its data has neither; the first append then
+# learns that everything up to what its relay had delivered is gone, and
+# raises the pruned mark to there, so a resume from before the loss gets its
+# gap even when no relay's tail has noticed yet.
+#
+# KEYS[1] the stream, KEYS[2] the pruned mark, KEYS[3] the epoch, KEYS[4..]
+#   dedupe keys.
+# ARGV: maxlen, slack, dedupe window ms, a fresh epoch token, the newest id
+#   the relay delivered ("0-0" for none), then per draft: channel, ts, rest,
 #   k (index of its dedupe key in KEYS, 0 for none).
-# Returns per draft: the new id, or "=<first id> <channel>" for a duplicate.
+# Returns the epoch, then per draft: the new id, or "=<first id> <channel>"
+# for a duplicate.
 _APPEND_LUA = """
 local stream, mark = KEYS[1], KEYS[2]
 local maxlen, slack, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {}
+local function split(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function later(a, b)
+  local ams, aseq = split(a)
+  local bms, bseq = split(b)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[4]
+  if redis.call('EXISTS', stream) == 0 and ARGV[5] ~= '0-0' then
+    local known = redis.call('GET', mark) or '0-0'
+    if later(ARGV[5], known) then redis.call('SET', mark, ARGV[5]) end
+  end
+  redis.call('SET', KEYS[3], epoch)
+end
+local out = {epoch}
 local last = nil
-for i = 4, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   local channel, ts, rest, k = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local first = false
   if k > 0 then first = redis.call('GET', KEYS[k]) end
@@ -177,10 +210,6 @@ for i = 4, #ARGV, 4 do
 end
 if not last then return out end
 
-local function split(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
 local dropped, dms, dseq = nil, 0, 0
 local excess = redis.call('XLEN', stream) - maxlen
 if excess >= slack then
@@ -208,20 +237,54 @@ if cutoff > 0 and #oldest > 0 and split(oldest[1][1]) < cutoff then
 end
 if dropped then
   redis.call('XTRIM', stream, 'MINID', string.format('%.0f-%.0f', dms, dseq + 1))
-  redis.call('SET', mark, dropped)
+  local known = redis.call('GET', mark) or '0-0'
+  if later(dropped, known) then redis.call('SET', mark, dropped) end
 end
 return out
 """
 
-# {last-generated-id or "" while the stream is absent, the pruned mark}.
+# {last-generated-id or "" while the stream is absent, the pruned mark, the
+# epoch or ""}. KEYS: the stream, the mark, the epoch.
 _STATE_LUA = """
 local pruned = redis.call('GET', KEYS[2]) or '0-0'
+local epoch = redis.call('GET', KEYS[3]) or ''
 local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
-if info.err then return {'', pruned} end
+if info.err then return {'', pruned, epoch} end
 for i = 1, #info, 2 do
-  if info[i] == 'last-generated-id' then return {info[i + 1], pruned} end
+  if info[i] == 'last-generated-id' then return {info[i + 1], pruned, epoch} end
 end
-return {'', pruned}
+return {'', pruned, epoch}
+"""
+
+# A resume's read: entries after ARGV[1] (exclusive, "(<id>"), at most
+# ARGV[2] of them, with the state of the log at that moment: {the pruned
+# mark, last-generated-id or "", entries}. One script, so no trim slips
+# between the entries and the mark.
+_READ_LUA = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+local pruned = redis.call('GET', KEYS[2]) or '0-0'
+local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
+local last = ''
+if not info.err then
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+end
+return {pruned, last, entries}
+"""
+
+# Raise the pruned mark to ARGV[1] unless it is there already: a relay that
+# finds the log behind what it delivered records the loss for every relay.
+_RAISE_MARK_LUA = """
+local function split(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local known = redis.call('GET', KEYS[1]) or '0-0'
+local kms, kseq = split(known)
+local ms, seq = split(ARGV[1])
+if ms > kms or (ms == kms and seq > kseq) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
 """
 
 # Count retention trims once this many entries are over it.
@@ -240,9 +303,6 @@ _TAIL_COUNT = 1000
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 # Entries scanned per XRANGE while filtering channels for a resume.
 _READ_PAGE = 1000
-# How long a resume waits for this relay's tail to reach what it replayed.
-_CATCH_UP = 5.0
-
 
 
 class RedisStore(Store):
@@ -251,6 +311,7 @@ class RedisStore(Store):
         self.publish = publish
         self.stream = config.prefix + "log"
         self.mark = config.prefix + "pruned"
+        self.epoch_key = config.prefix + "epoch"
         self.where = redacted(config.url)
         self._client: coredis.Redis | None = None  # appends, reads and pings
         self._queue = GroupCommit(base.MAX_BACKLOG)
@@ -261,6 +322,9 @@ class RedisStore(Store):
         self._head = ""
         self._pruned: StreamKey = (0, 0)  # newest id retention dropped
         self._tail_ok = False
+        self._epoch: str | None = None  # the log's epoch, once seen
+        self._token = secrets.token_hex(8)  # the epoch this relay writes if the log has none
+        self._loss: StreamKey | None = None  # a loss up to here the tail must record in Redis
         self._poke = trio.Event()  # Redis answered someone: the tail may stop waiting
         self._moved = trio.lowlevel.ParkingLot()  # the tail delivered more
         # Receipt times of this relay's own events, for delivery latency;
@@ -308,7 +372,7 @@ class RedisStore(Store):
             # reads /readyz rather than exit codes.
             try:
                 with trio.fail_after(_CONNECT_TIMEOUT + 1):
-                    state = await client.eval(_STATE_LUA, [self.stream, self.mark], [])
+                    state = await client.eval(_STATE_LUA, self._state_keys, [])
                 self._start_from(state)
                 self._tail_ok = True
             except _FAILURES as exc:
@@ -331,6 +395,10 @@ class RedisStore(Store):
                     nursery.cancel_scope.cancel()
             self._client = None
 
+    @property
+    def _state_keys(self) -> list[str]:
+        return [self.stream, self.mark, self.epoch_key]
+
     def _start_from(self, state: list) -> None:
         last, pruned = state[0].decode(), parse_stream_id(state[1].decode())
         if last:
@@ -338,6 +406,19 @@ class RedisStore(Store):
             self._head = last if self._position != (0, 0) else ""
         self._from_log = True
         self._pruned = max(self._pruned, pruned)
+        self._epoch = state[2].decode() or None
+
+    def _lost_up_to(self, key: StreamKey, why: str) -> None:
+        """The log no longer has what this relay delivered up to ``key``:
+        resumes from before it get a gap, here and (once the tail has written
+        the mark) on every relay."""
+        if key <= (0, 0) or self._pruned >= key:
+            return
+        log.warning(f"store: Redis at {self.where} lost the log up to {format_stream_id(key)} ({why}); "
+                    "resumes from before it get a gap")
+        self._pruned = key
+        self._loss = key
+        self._poke.set()
 
     async def close(self) -> None:
         """Store what is pending, then let ``run`` end."""
@@ -361,9 +442,11 @@ class RedisStore(Store):
             batch.done.set()
 
     async def _commit(self, drafts: list[Draft]) -> list[Appended]:
-        keys: list[str] = [self.stream, self.mark]
+        keys: list[str] = [self.stream, self.mark, self.epoch_key]
         retention = self.config.retention
-        args: list[str | bytes | int] = [retention, min(retention, _TRIM_SLACK), int(self.config.retention_age * 1000)]
+        known = format_stream_id(self._position) if self._from_log else "0-0"
+        args: list[str | bytes | int] = [retention, min(retention, _TRIM_SLACK), int(self.config.retention_age * 1000),
+                                         self._token, known]
         rests: list[bytes] = []
         for draft in drafts:
             rest = envelope_rest(draft)
@@ -377,8 +460,9 @@ class RedisStore(Store):
             reply = await self._append(keys, args)
         self.round_trips += 1
         self._poke.set()
+        self._note_epoch(reply[0].decode())
         out: list[Appended] = []
-        for draft, rest, item in zip(drafts, rests, reply):
+        for draft, rest, item in zip(drafts, rests, reply[1:]):
             text = item.decode()
             if text.startswith("="):
                 first_id, _, channel = text[1:].partition(" ")
@@ -407,7 +491,7 @@ class RedisStore(Store):
                     # Reconnecting: a quick call first, so that readiness
                     # does not wait for a blocking read to come back.
                     with trio.fail_after(_CALL_TIMEOUT):
-                        state = await client.eval(_STATE_LUA, [self.stream, self.mark], [])
+                        state = await client.eval(_STATE_LUA, self._state_keys, [])
                     self._note_state(state)
                     self._tail_ok = True
                     delay = _BACKOFF_MIN
@@ -420,8 +504,14 @@ class RedisStore(Store):
                     async with client.pipeline(transaction=False) as pipe:
                         read = pipe.xread({self.stream: format_stream_id(self._position)},
                                           count=_TAIL_COUNT, block=_BLOCK_MS)
-                        info = pipe.eval(_STATE_LUA, [self.stream, self.mark], [])
+                        info = pipe.eval(_STATE_LUA, self._state_keys, [])
                     got, state = await read, await info
+                if self._loss is not None:
+                    loss = self._loss
+                    with trio.fail_after(_CALL_TIMEOUT):
+                        await client.eval(_RAISE_MARK_LUA, [self.mark], [format_stream_id(loss)])
+                    if self._loss == loss:
+                        self._loss = None
             except _FAILURES as exc:
                 if self._tail_ok:
                     log.warning(f"store: lost Redis at {self.where} ({exc or type(exc).__name__}); "
@@ -452,66 +542,71 @@ class RedisStore(Store):
     def _note_state(self, state: list) -> None:
         last = parse_stream_id(state[0].decode()) if state[0] else (0, 0)
         pruned = parse_stream_id(state[1].decode())
+        self._pruned = max(self._pruned, pruned)
+        self._note_epoch(state[2].decode())
         if self._from_log and last < self._position:
             # The log is behind what this relay delivered: Redis came back
             # without its data (no persistence) or the key was deleted.
-            # Whatever came before is gone for resumes.
-            if self._pruned < self._position:
-                log.warning(f"store: Redis at {self.where} lost the log up to "
-                            f"{format_stream_id(self._position)} (restarted without persistence?); "
-                            "resumes from before it get a gap")
-            pruned = max(pruned, self._position)
-        self._pruned = max(self._pruned, pruned)
+            self._lost_up_to(self._position, "restarted without persistence?")
+
+    def _note_epoch(self, epoch: str) -> None:
+        if not epoch:
+            return
+        if self._epoch is not None and epoch != self._epoch and self._from_log:
+            # A new epoch: the log was recreated since this relay last saw
+            # it, whatever its ids say (new ids are later ones).
+            self._lost_up_to(self._position, "its log was recreated: restarted without persistence?")
+        self._epoch = epoch
 
     # -- reads -----------------------------------------------------------
 
-    async def read(self, after: object, patterns: Sequence[str], limit: int) -> list[Event]:
+    async def read_page(self, after: object, patterns: Sequence[str], limit: int) -> Page:
         client = self._client
-        if client is None:
+        if client is None or not self._running:
             raise StoreUnavailable("the event store is not running")
         everything = "*" in patterns
-        page = limit if everything else max(limit, _READ_PAGE)
+        # One more than ``limit`` tells whether more follow.
+        page = limit + 1 if everything else max(limit + 1, _READ_PAGE)
         start: StreamKey = after  # type: ignore[assignment]
         out: list[Event] = []
+        reported: StreamKey | None = None  # the pruned mark the page reports
+        more = False
+        head: StreamKey = (0, 0)
         try:
-            while len(out) < limit:
+            while True:
                 with trio.fail_after(_CALL_TIMEOUT):
-                    entries = await client.xrange(self.stream, "(" + format_stream_id(start), "+", count=page)
-                for entry in entries:
-                    channel = entry.field_values[b"c"].decode()
-                    if everything or selects(patterns, channel):
-                        out.append(self._event(entry))
-                        if len(out) >= limit:
-                            break
-                if len(entries) < page:
+                    pruned_b, last_b, entries = await client.eval(
+                        _READ_LUA, [self.stream, self.mark], ["(" + format_stream_id(start), page])
+                pruned = max(parse_stream_id(pruned_b.decode()), self._pruned)
+                head = parse_stream_id(last_b.decode()) if last_b else (0, 0)
+                if reported is None or not out:
+                    reported = pruned
+                elif pruned > start:
+                    # Retention dropped entries after the last chunk: the
+                    # next read says so, after the events before the hole.
+                    more = True
                     break
-                start = parse_stream_id(entries[-1].identifier.decode())
-            target = max(start, out[-1].key) if out else start  # type: ignore[type-var]
-            if target > self._position:
-                # ``since`` may come from a relay whose tail is ahead of this
-                # one's, or be made up: wait for no more than the log holds.
-                with trio.fail_after(_CALL_TIMEOUT):
-                    newest = await client.xrevrange(self.stream, "+", "-", count=1)
-                target = min(target, parse_stream_id(newest[0].identifier.decode())) if newest else (0, 0)
+                for entry_id, fields in entries:
+                    values = dict(zip(fields[::2], fields[1::2]))
+                    channel = values[b"c"].decode()
+                    if everything or selects(patterns, channel):
+                        if len(out) >= limit:
+                            more = True
+                            break
+                        event_id = entry_id.decode()
+                        out.append(Event(event_id, parse_stream_id(event_id), channel, int(values[b"t"]),
+                                         join_envelope(event_id, values[b"e"])))
+                if more or len(entries) < page:
+                    break
+                start = parse_stream_id(entries[-1][0].decode())
         except _FAILURES as exc:
             raise StoreUnavailable(f"the event store (Redis at {self.where}) did not answer a read: "
                                    f"{exc or type(exc).__name__}") from None
-        await self._catch_up(target)
-        return out
+        return Page(out, head, reported, more=more)
 
-    async def _catch_up(self, key: StreamKey) -> None:
-        """Wait until the tail has delivered everything up to ``key``.
-
-        A resume sends what it read, then the live events it held meanwhile,
-        minus those up to where it read. Events up to there that this relay's
-        tail has yet to deliver would come after the replay and arrive twice
-        (or, when the subscriber left a relay that was ahead, out of order).
-        Waiting here closes that window; bounded, since the tail may be
-        reconnecting.
-        """
-        with trio.move_on_after(_CATCH_UP):
-            while self._position < key:
-                await self._moved.park()
+    @property
+    def readable(self) -> bool:
+        return self._running and self._tail_ok
 
     async def ping(self) -> bool:
         client = self._client

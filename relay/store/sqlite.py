@@ -25,6 +25,7 @@ import trio
 from ..config import StoreConfig
 from ..envelope import Draft, Event, encode_envelope
 from . import base
+from ..core.outbox import Page
 from .base import Appended, Batch, GroupCommit, SeqLog, StoreUnavailable
 
 _SCHEMA = """
@@ -322,23 +323,41 @@ class SqliteStore(SeqLog):
 
     # -- reads -----------------------------------------------------------
 
-    def _select(self, after: int, patterns: Sequence[str], limit: int) -> list[tuple[int, str, int, bytes]]:
-        assert self._reader is not None
+    def _select(self, after: int, patterns: Sequence[str], limit: int) -> tuple[list[tuple[int, str, int, bytes]], int, int]:
+        """Rows after ``after`` (one more than ``limit``, to tell whether more
+        follow), the newest seq ever given and the newest seq retention
+        dropped: one read transaction, so one snapshot of the log."""
+        db = self._reader
+        assert db is not None
         where, args = pattern_sql(patterns)
-        return self._reader.execute(
-            f"SELECT seq, channel, ts, envelope FROM events WHERE seq > ? AND {where} ORDER BY seq LIMIT ?",
-            (after, *args, limit),
-        ).fetchall()
+        db.execute("BEGIN")
+        try:
+            rows = db.execute(
+                f"SELECT seq, channel, ts, envelope FROM events WHERE seq > ? AND {where} ORDER BY seq LIMIT ?",
+                (after, *args, limit + 1),
+            ).fetchall()
+            (oldest,) = db.execute("SELECT MIN(seq) FROM events").fetchone()
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        finally:
+            db.execute("COMMIT")
+        head = row[0] if row else 0
+        return rows, head, (oldest - 1 if oldest is not None else head)
 
-    async def read(self, after: object, patterns: Sequence[str], limit: int) -> list[Event]:
+    async def read_page(self, after: object, patterns: Sequence[str], limit: int) -> Page:
         if self._reader is None:
             raise StoreUnavailable("the event store is not running")
         async with self._read_lock:
             try:
-                rows = await trio.to_thread.run_sync(self._select, after, patterns, limit)
+                rows, head, pruned = await trio.to_thread.run_sync(self._select, after, patterns, limit)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"the event store failed to read: {exc}") from None
-        return [Event(str(seq), seq, channel, ts, bytes(envelope)) for seq, channel, ts, envelope in rows]
+        more = len(rows) > limit
+        events = [Event(str(seq), seq, channel, ts, bytes(envelope)) for seq, channel, ts, envelope in rows[:limit]]
+        return Page(events, head, pruned, more=more)
+
+    @property
+    def readable(self) -> bool:
+        return self._running and self._reader is not None
 
     async def ping(self) -> bool:
         if not self._running or self._reader is None:
