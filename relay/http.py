@@ -69,11 +69,10 @@ class Request:
 
 
 def _request(event: http1.Request) -> Request:
-    target = event.target
-    raw_path, _, raw_query = target.partition("?")
+    raw_path, _, raw_query = event.origin.partition("?")
     return Request(
         method=event.method,
-        target=target,
+        target=event.target,
         path=unquote(raw_path) if "%" in raw_path else raw_path,
         query=parse_qs(raw_query, keep_blank_values=True) if raw_query else {},
         headers=event.headers,

@@ -284,3 +284,47 @@ async def test_a_keep_alive_connection_in_use_outlives_the_idle_timeout(autojump
                 await trio.sleep(IDLE_TIMEOUT * 0.6)
             assert trio.current_time() - started > 2.5 * IDLE_TIMEOUT
         assert relay.app.store.head == "5"
+
+
+# -- framing the parser refuses, as a client on a socket sees it ---------------
+
+HEAD = b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+async def test_a_request_hidden_behind_a_bare_lf_is_refused_not_answered(relay):
+    # h11 reads this as two requests, the second a GET /admin smuggled in the
+    # first one's bytes; a proxy splitting only on CRLF reads one.
+    smuggled = (b"GET / HTTP/1.1\r\nHost: localhost\r\nDummy: x\nContent-Length: 23\r\n\r\n"
+                b"GET / HTTP/1.1\r\nDummy: GET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    out = await raw_exchange(relay.port, smuggled)
+    assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out and b"bare LF" in out
+    assert out.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed
+
+
+@pytest.mark.parametrize("chunks", [
+    b"7;\r\n{\"a\":1}\r\n0\r\n\r\n",  # a ";" with no extension after it
+    b"7;a=\"b\r\n{\"a\":1}\r\n0\r\n\r\n",  # an unterminated quoted extension value
+    b"7 \r\n{\"a\":1}\r\n0\r\n\r\n",  # whitespace after the size
+    b"7;a=\x00\r\n{\"a\":1}\r\n0\r\n\r\n",  # a NUL in an extension
+    b"7\r\n{\"a\":1}\r\n0\r\nX-Trailer: a\rb\r\n\r\n",  # a bare CR in a trailer
+])
+async def test_loose_chunk_syntax_is_refused_and_nothing_stored(relay, http, chunks):
+    out = await raw_exchange(relay.port, HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+    assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out
+    assert relay.app.store.head == ""
+    assert (await post(http, relay, "demo")).status_code == 202
+
+
+async def test_a_transfer_coding_that_does_not_end_in_chunked_is_a_400(relay):
+    out = await raw_exchange(relay.port, HEAD + b"Transfer-Encoding: chunked, identity\r\n\r\n"
+                             b"7\r\n{\"a\":1}\r\n0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out
+    assert relay.app.store.head == ""
+
+
+async def test_an_absolute_form_target_is_routed_by_its_path(relay):
+    out = await raw_exchange(relay.port, b"POST http://relay.example/hooks/demo HTTP/1.1\r\nHost: relay.example\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 7\r\nConnection: close\r\n\r\n"
+                             b"{\"a\":1}")
+    assert out.startswith(b"HTTP/1.1 202 ") and b'"channel":"demo"' in out
+    assert relay.app.store.head == "1"
