@@ -57,6 +57,9 @@ RECEIVE = 65536
 UNREAD_BODY_LIMIT = 65536
 LINGER = 2.0  # seconds, and bytes, a refused client's unread input is drained
 LINGER_BYTES = 8 * 1024 * 1024
+# The status logged and counted for a webhook whose client went away before
+# any answer could be sent (nginx's "client closed request"): none was sent.
+CLIENT_GONE = 499
 
 
 @dataclass(slots=True)
@@ -115,7 +118,7 @@ class HttpConnection:
         hs = [("content-type", content_type), ("content-length", str(len(body)))]
         if headers:
             hs.extend(headers)
-        if self.app.stopping.is_set():
+        if self.app.stopping.is_set() and ("connection", "close") not in hs:
             hs.append(("connection", "close"))
         # A HEAD answer has the headers of GET, no body.
         await self.write(self.conn.respond(status, hs, b"" if self.head else body))
@@ -164,6 +167,10 @@ class HttpConnection:
             headers.append(("allow", error.allow))
         if isinstance(error, (RateLimited, Unavailable)):
             headers.append(("retry-after", str(max(1, int(error.retry_after + 0.999)))))
+        if error.status in (408, 413):
+            # The body was not read to its end (too slow, too large): what
+            # follows on this connection cannot be told from the rest of it.
+            headers.append(("connection", "close"))
         body = envelope.encode({"error": error.code, "detail": error.detail})
         await self.send(error.status, body, headers)
 
@@ -256,7 +263,7 @@ class HttpConnection:
                     # usually empty): read past it so the connection can be reused.
                     try:
                         await self._read_body(UNREAD_BODY_LIMIT)
-                    except (RelayError, trio.TooSlowError):
+                    except (RelayError, http1.ProtocolError, trio.TooSlowError):
                         return
                 if conn.our_state is not http1.DONE or conn.their_state is not http1.DONE:
                     return
@@ -272,10 +279,7 @@ class HttpConnection:
             body = envelope.encode({"error": "bad_request", "detail": f"malformed HTTP: {exc.detail}"})
             data = self.conn.refuse(exc.status, [
                 ("content-type", "application/json"), ("content-length", str(len(body)))], body)
-            try:
-                await self.write(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            await self.write(data)
 
     async def _read_body(self, limit: int) -> bytes:
         """The body, at most ``limit`` bytes, all of it within BODY_TIMEOUT.
@@ -366,6 +370,9 @@ class HttpConnection:
         return forwarded_client(peer, request.headers.get("x-forwarded-for"), self.app.trusted_proxies)
 
     async def _webhook(self, request: Request, name: str) -> None:
+        """Answer one webhook, refusals included, then log and count the
+        status that was sent: ``CLIENT_GONE`` when the client left before any
+        answer, 500 only for a failure of the relay's own."""
         started = time.perf_counter()
         received = time.time()
         monotonic = trio.current_time()
@@ -375,28 +382,37 @@ class HttpConnection:
         appended = None
         delivery = None
         try:
-            route = app.ingest.route(name)
-            if request.method != "POST":
-                raise MethodNotAllowed(f"{request.method} is not allowed; webhooks are POSTed", "POST")
-            limit = app.config.server.max_body_bytes
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                raise TooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
-            body = await self._read_body(limit)
-            appended, delivery = await app.ingest.accept(route, request.headers, body, received, monotonic)
-            if isinstance(appended, Challenge):
-                status = 200
-                await self.send(200, envelope.encode({"challenge": appended.challenge}))
-                appended = None
-                return
-            status = 200 if appended.duplicate else 202
-            event = appended.event
-            await self.send(status, envelope.encode({"id": event.id, "channel": event.channel, "duplicate": appended.duplicate}))
-        except RelayError as error:
-            status = error.status
-            raise
-        except trio.TooSlowError:
-            status = 408
+            try:
+                route = app.ingest.route(name)
+                if request.method != "POST":
+                    raise MethodNotAllowed(f"{request.method} is not allowed; webhooks are POSTed", "POST")
+                limit = app.config.server.max_body_bytes
+                length = request.headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) > limit:
+                    raise TooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
+                body = await self._read_body(limit)
+                appended, delivery = await app.ingest.accept(route, request.headers, body, received, monotonic)
+                if isinstance(appended, Challenge):
+                    await self.send(200, envelope.encode({"challenge": appended.challenge}))
+                    status = 200
+                    appended = None
+                    return
+                event = appended.event
+                answer = 200 if appended.duplicate else 202
+                await self.send(answer, envelope.encode({"id": event.id, "channel": event.channel,
+                                                         "duplicate": appended.duplicate}))
+                status = answer
+            except RelayError as error:
+                await self._fail(error)
+                status = error.status
+            except http1.ProtocolError as exc:  # a malformed body, or one cut short
+                await self._bad_http(exc)
+                status = exc.status
+            except trio.TooSlowError:
+                await self._fail(BadRequest("request body timed out"), status=408)
+                status = 408
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            status = CLIENT_GONE
             raise
         finally:
             app.webhook_done(name, route, status, appended, delivery, time.perf_counter() - started,

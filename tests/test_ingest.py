@@ -328,3 +328,32 @@ async def test_an_absolute_form_target_is_routed_by_its_path(relay):
                              b"{\"a\":1}")
     assert out.startswith(b"HTTP/1.1 202 ") and b'"channel":"demo"' in out
     assert relay.app.store.head == "1"
+
+
+async def _until_closed(stream: trio.SocketStream, seconds: float) -> bytes:
+    out = b""
+    with trio.fail_after(seconds):
+        while data := await stream.receive_some(65536):
+            out += data
+    return out
+
+
+async def test_a_413_says_connection_close_and_closes_without_waiting_for_the_body():
+    async with running_relay(config_text().replace("shutdown_grace", "max_body_bytes = 100\nshutdown_grace")) as relay:
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+        async with stream:
+            await stream.send_all(HEAD + b"Content-Length: 5000\r\n\r\n" + b"x" * 50)
+            out = await _until_closed(stream, 5)  # the body's rest never comes; the relay hangs up anyway
+        assert out.startswith(b"HTTP/1.1 413 ") and b"\r\nconnection: close\r\n" in out
+
+
+async def test_a_408_says_connection_close_and_closes(autojump_clock):
+    from relay.http import BODY_TIMEOUT
+
+    async with running_relay() as relay:
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+        async with stream:
+            await stream.send_all(HEAD + b"Content-Length: 50\r\n\r\n{\"a\":")
+            out = await _until_closed(stream, BODY_TIMEOUT + 5)
+        assert out.startswith(b"HTTP/1.1 408 ") and b"\r\nconnection: close\r\n" in out
+        assert relay.app.store.head == ""
