@@ -57,6 +57,9 @@ RECEIVE = 65536
 UNREAD_BODY_LIMIT = 65536
 LINGER = 2.0  # seconds, and bytes, a refused client's unread input is drained
 LINGER_BYTES = 8 * 1024 * 1024
+# At shutdown, body reads stop this long (at most half the time left) before
+# the connections are cancelled, so a webhook still arriving gets its 503.
+ANSWER_MARGIN = 0.5
 # The status logged and counted for a webhook whose client went away before
 # any answer could be sent (nginx's "client closed request"): none was sent.
 CLIENT_GONE = 499
@@ -80,6 +83,17 @@ def _request(event: http1.Request) -> Request:
         query=parse_qs(raw_query, keep_blank_values=True) if raw_query else {},
         headers=event.headers,
     )
+
+
+def end_body_reads(app: App, deadline: float) -> None:
+    """At shutdown (``app.serve``), with the connections to be cancelled at
+    ``deadline``: a webhook whose body is still arriving a margin before then
+    is answered 503 with Retry-After, so its sender retries, instead of
+    losing its connection with no answer. The margin leaves the answer time
+    to leave and the client time to read it, within the grace."""
+    app.body_end = deadline - min(ANSWER_MARGIN, (deadline - trio.current_time()) / 2)
+    for scope in list(app.reading):
+        scope.deadline = min(scope.deadline, app.body_end)
 
 
 def forwarded_client(peer: str, forwarded_for: str | None, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
@@ -181,7 +195,7 @@ class HttpConnection:
             # Closing with unread bytes makes the kernel reset the
             # connection, and the client may never see our answer: shut
             # our side, then read and discard a bounded amount first.
-            with trio.move_on_after(LINGER) as scope:
+            with trio.move_on_at(self._linger_end()) as scope:
                 scope.shield = True
                 try:
                     await self.stream.send_eof()  # type: ignore[attr-defined]
@@ -198,9 +212,13 @@ class HttpConnection:
             # goodbye to send, under a shield and a bound.
             await self.stream.aclose()
             return
-        with trio.move_on_after(LINGER) as scope:
+        with trio.move_on_at(self._linger_end()) as scope:
             scope.shield = True
             await self.stream.aclose()
+
+    def _linger_end(self) -> float:
+        """LINGER from now, but never past the shutdown's deadline for connections."""
+        return min(trio.current_time() + LINGER, self.app.conns.cancel_scope.deadline)
 
     async def serve(self) -> None:
         try:
@@ -284,19 +302,27 @@ class HttpConnection:
     async def _read_body(self, limit: int) -> bytes:
         """The body, at most ``limit`` bytes, all of it within BODY_TIMEOUT.
         What the parser already holds is taken without a cancel scope: a small
-        webhook's body usually came in the same read as its head."""
+        webhook's body usually came in the same read as its head. A shutdown
+        ends the wait early (``end_body_reads``): Unavailable, a 503."""
         deadline = trio.current_time() + BODY_TIMEOUT
         chunks: list[bytes] = []
         size = 0
         conn = self.conn
+        reading = self.app.reading
         while True:
             event = conn.next_event()
             if event is http1.NEED_DATA:
-                with trio.CancelScope(deadline=deadline) as scope:
-                    if conn.client_waits:  # Expect: 100-continue
-                        await self.write(conn.send_continue())
-                    conn.receive_data(await self.receive())
+                with trio.CancelScope(deadline=min(deadline, self.app.body_end)) as scope:
+                    reading.add(scope)
+                    try:
+                        if conn.client_waits:  # Expect: 100-continue
+                            await self.write(conn.send_continue())
+                        conn.receive_data(await self.receive())
+                    finally:
+                        reading.discard(scope)
                 if scope.cancelled_caught:
+                    if trio.current_time() < deadline:
+                        raise Unavailable("the relay is shutting down; send the request again")
                     raise trio.TooSlowError
             elif event is http1.END_OF_MESSAGE:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)

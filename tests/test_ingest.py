@@ -357,3 +357,30 @@ async def test_a_408_says_connection_close_and_closes(autojump_clock):
             out = await _until_closed(stream, BODY_TIMEOUT + 5)
         assert out.startswith(b"HTTP/1.1 408 ") and b"\r\nconnection: close\r\n" in out
         assert relay.app.store.head == ""
+
+
+async def test_a_webhook_whose_body_is_still_arriving_when_the_grace_ends_is_answered_503(autojump_clock):
+    grace = 4.0
+    text = config_text().replace("shutdown_grace = 5.0", f"shutdown_grace = {grace}")
+    async with trio.open_nursery() as nursery:
+        async with running_relay(text) as relay:
+            app = relay.app
+            stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+            await stream.send_all(HEAD + b"Content-Length: 100\r\n\r\n" + b'{"half": "' + b"x" * 30)
+            await trio.sleep(1)  # (autojump: until the relay waits for the rest of the body)
+            answer: list[bytes] = []
+
+            async def read_answer() -> None:
+                async with stream:
+                    answer.append(await _until_closed(stream, grace + 5))
+
+            nursery.start_soon(read_answer)
+            stopping = trio.current_time()
+        stopped = trio.current_time()  # serve has returned
+    assert stopped - stopping <= grace
+    out = answer[0]
+    assert out.startswith(b"HTTP/1.1 503 ")
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"\r\nretry-after: " in head and b"\r\nconnection: close" in head
+    assert json.loads(body)["error"] == "unavailable"
+    assert app.webhooks[("demo", 503)] == 1
