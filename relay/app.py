@@ -72,6 +72,10 @@ class App:
         self._mono0 = trio.current_time()
         self.stopping = trio.Event()
         self.idle: set[trio.CancelScope] = set()
+        # Webhooks waiting for body bytes, and when those waits end at
+        # shutdown (http.end_body_reads): they are answered 503 then.
+        self.reading: set[trio.CancelScope] = set()
+        self.body_end = float("inf")
         self.sessions: set[Session | SseSession] = set()
         self.frames_sent: dict[str, int] = {"ws": 0, "sse": 0}
         self.webhooks: Counter[tuple[str, int]] = Counter()
@@ -266,6 +270,9 @@ async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatu
             for scope in list(app.idle):
                 scope.cancel()
             conns.cancel_scope.deadline = deadline
+            from .http import end_body_reads
+
+            end_body_reads(app, deadline)
         with trio.move_on_after(max(0.5, grace * 0.1)):
             await app.store.close()
         root.cancel_scope.cancel()

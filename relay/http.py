@@ -57,6 +57,12 @@ RECEIVE = 65536
 UNREAD_BODY_LIMIT = 65536
 LINGER = 2.0  # seconds, and bytes, a refused client's unread input is drained
 LINGER_BYTES = 8 * 1024 * 1024
+# At shutdown, body reads stop this long (at most half the time left) before
+# the connections are cancelled, so a webhook still arriving gets its 503.
+ANSWER_MARGIN = 0.5
+# The status logged and counted for a webhook whose client went away before
+# any answer could be sent (nginx's "client closed request"): none was sent.
+CLIENT_GONE = 499
 
 
 @dataclass(slots=True)
@@ -69,15 +75,25 @@ class Request:
 
 
 def _request(event: http1.Request) -> Request:
-    target = event.target
-    raw_path, _, raw_query = target.partition("?")
+    raw_path, _, raw_query = event.origin.partition("?")
     return Request(
         method=event.method,
-        target=target,
+        target=event.target,
         path=unquote(raw_path) if "%" in raw_path else raw_path,
         query=parse_qs(raw_query, keep_blank_values=True) if raw_query else {},
         headers=event.headers,
     )
+
+
+def end_body_reads(app: App, deadline: float) -> None:
+    """At shutdown (``app.serve``), with the connections to be cancelled at
+    ``deadline``: a webhook whose body is still arriving a margin before then
+    is answered 503 with Retry-After, so its sender retries, instead of
+    losing its connection with no answer. The margin leaves the answer time
+    to leave and the client time to read it, within the grace."""
+    app.body_end = deadline - min(ANSWER_MARGIN, (deadline - trio.current_time()) / 2)
+    for scope in list(app.reading):
+        scope.deadline = min(scope.deadline, app.body_end)
 
 
 def forwarded_client(peer: str, forwarded_for: str | None, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
@@ -116,7 +132,7 @@ class HttpConnection:
         hs = [("content-type", content_type), ("content-length", str(len(body)))]
         if headers:
             hs.extend(headers)
-        if self.app.stopping.is_set():
+        if self.app.stopping.is_set() and ("connection", "close") not in hs:
             hs.append(("connection", "close"))
         # A HEAD answer has the headers of GET, no body.
         await self.write(self.conn.respond(status, hs, b"" if self.head else body))
@@ -165,6 +181,10 @@ class HttpConnection:
             headers.append(("allow", error.allow))
         if isinstance(error, (RateLimited, Unavailable)):
             headers.append(("retry-after", str(max(1, int(error.retry_after + 0.999)))))
+        if error.status in (408, 413):
+            # The body was not read to its end (too slow, too large): what
+            # follows on this connection cannot be told from the rest of it.
+            headers.append(("connection", "close"))
         body = envelope.encode({"error": error.code, "detail": error.detail})
         await self.send(error.status, body, headers)
 
@@ -175,7 +195,7 @@ class HttpConnection:
             # Closing with unread bytes makes the kernel reset the
             # connection, and the client may never see our answer: shut
             # our side, then read and discard a bounded amount first.
-            with trio.move_on_after(LINGER) as scope:
+            with trio.move_on_at(self._linger_end()) as scope:
                 scope.shield = True
                 try:
                     await self.stream.send_eof()  # type: ignore[attr-defined]
@@ -192,9 +212,13 @@ class HttpConnection:
             # goodbye to send, under a shield and a bound.
             await self.stream.aclose()
             return
-        with trio.move_on_after(LINGER) as scope:
+        with trio.move_on_at(self._linger_end()) as scope:
             scope.shield = True
             await self.stream.aclose()
+
+    def _linger_end(self) -> float:
+        """LINGER from now, but never past the shutdown's deadline for connections."""
+        return min(trio.current_time() + LINGER, self.app.conns.cancel_scope.deadline)
 
     async def serve(self) -> None:
         try:
@@ -257,7 +281,7 @@ class HttpConnection:
                     # usually empty): read past it so the connection can be reused.
                     try:
                         await self._read_body(UNREAD_BODY_LIMIT)
-                    except (RelayError, trio.TooSlowError):
+                    except (RelayError, http1.ProtocolError, trio.TooSlowError):
                         return
                 if conn.our_state is not http1.DONE or conn.their_state is not http1.DONE:
                     return
@@ -273,27 +297,32 @@ class HttpConnection:
             body = envelope.encode({"error": "bad_request", "detail": f"malformed HTTP: {exc.detail}"})
             data = self.conn.refuse(exc.status, [
                 ("content-type", "application/json"), ("content-length", str(len(body)))], body)
-            try:
-                await self.write(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            await self.write(data)
 
     async def _read_body(self, limit: int) -> bytes:
         """The body, at most ``limit`` bytes, all of it within BODY_TIMEOUT.
         What the parser already holds is taken without a cancel scope: a small
-        webhook's body usually came in the same read as its head."""
+        webhook's body usually came in the same read as its head. A shutdown
+        ends the wait early (``end_body_reads``): Unavailable, a 503."""
         deadline = trio.current_time() + BODY_TIMEOUT
         chunks: list[bytes] = []
         size = 0
         conn = self.conn
+        reading = self.app.reading
         while True:
             event = conn.next_event()
             if event is http1.NEED_DATA:
-                with trio.CancelScope(deadline=deadline) as scope:
-                    if conn.client_waits:  # Expect: 100-continue
-                        await self.write(conn.send_continue())
-                    conn.receive_data(await self.receive())
+                with trio.CancelScope(deadline=min(deadline, self.app.body_end)) as scope:
+                    reading.add(scope)
+                    try:
+                        if conn.client_waits:  # Expect: 100-continue
+                            await self.write(conn.send_continue())
+                        conn.receive_data(await self.receive())
+                    finally:
+                        reading.discard(scope)
                 if scope.cancelled_caught:
+                    if trio.current_time() < deadline:
+                        raise Unavailable("the relay is shutting down; send the request again")
                     raise trio.TooSlowError
             elif event is http1.END_OF_MESSAGE:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -367,6 +396,9 @@ class HttpConnection:
         return forwarded_client(peer, request.headers.get("x-forwarded-for"), self.app.trusted_proxies)
 
     async def _webhook(self, request: Request, name: str) -> None:
+        """Answer one webhook, refusals included, then log and count the
+        status that was sent: ``CLIENT_GONE`` when the client left before any
+        answer, 500 only for a failure of the relay's own."""
         started = time.perf_counter()
         received = time.time()
         monotonic = trio.current_time()
@@ -376,28 +408,37 @@ class HttpConnection:
         appended = None
         delivery = None
         try:
-            route = app.ingest.route(name)
-            if request.method != "POST":
-                raise MethodNotAllowed(f"{request.method} is not allowed; webhooks are POSTed", "POST")
-            limit = app.config.server.max_body_bytes
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                raise TooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
-            body = await self._read_body(limit)
-            appended, delivery = await app.ingest.accept(route, request.headers, body, received, monotonic)
-            if isinstance(appended, Challenge):
-                status = 200
-                await self.send(200, envelope.encode({"challenge": appended.challenge}))
-                appended = None
-                return
-            status = 200 if appended.duplicate else 202
-            event = appended.event
-            await self.send(status, envelope.encode({"id": event.id, "channel": event.channel, "duplicate": appended.duplicate}))
-        except RelayError as error:
-            status = error.status
-            raise
-        except trio.TooSlowError:
-            status = 408
+            try:
+                route = app.ingest.route(name)
+                if request.method != "POST":
+                    raise MethodNotAllowed(f"{request.method} is not allowed; webhooks are POSTed", "POST")
+                limit = app.config.server.max_body_bytes
+                length = request.headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) > limit:
+                    raise TooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
+                body = await self._read_body(limit)
+                appended, delivery = await app.ingest.accept(route, request.headers, body, received, monotonic)
+                if isinstance(appended, Challenge):
+                    await self.send(200, envelope.encode({"challenge": appended.challenge}))
+                    status = 200
+                    appended = None
+                    return
+                event = appended.event
+                answer = 200 if appended.duplicate else 202
+                await self.send(answer, envelope.encode({"id": event.id, "channel": event.channel,
+                                                         "duplicate": appended.duplicate}))
+                status = answer
+            except RelayError as error:
+                await self._fail(error)
+                status = error.status
+            except http1.ProtocolError as exc:  # a malformed body, or one cut short
+                await self._bad_http(exc)
+                status = exc.status
+            except trio.TooSlowError:
+                await self._fail(BadRequest("request body timed out"), status=408)
+                status = 408
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            status = CLIENT_GONE
             raise
         finally:
             app.webhook_done(name, route, status, appended, delivery, time.perf_counter() - started,

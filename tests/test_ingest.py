@@ -284,3 +284,103 @@ async def test_a_keep_alive_connection_in_use_outlives_the_idle_timeout(autojump
                 await trio.sleep(IDLE_TIMEOUT * 0.6)
             assert trio.current_time() - started > 2.5 * IDLE_TIMEOUT
         assert relay.app.store.head == "5"
+
+
+# -- framing the parser refuses, as a client on a socket sees it ---------------
+
+HEAD = b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+async def test_a_request_hidden_behind_a_bare_lf_is_refused_not_answered(relay):
+    # h11 reads this as two requests, the second a GET /admin smuggled in the
+    # first one's bytes; a proxy splitting only on CRLF reads one.
+    smuggled = (b"GET / HTTP/1.1\r\nHost: localhost\r\nDummy: x\nContent-Length: 23\r\n\r\n"
+                b"GET / HTTP/1.1\r\nDummy: GET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    out = await raw_exchange(relay.port, smuggled)
+    assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out and b"bare LF" in out
+    assert out.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed
+
+
+@pytest.mark.parametrize("chunks", [
+    b"7;\r\n{\"a\":1}\r\n0\r\n\r\n",  # a ";" with no extension after it
+    b"7;a=\"b\r\n{\"a\":1}\r\n0\r\n\r\n",  # an unterminated quoted extension value
+    b"7 \r\n{\"a\":1}\r\n0\r\n\r\n",  # whitespace after the size
+    b"7;a=\x00\r\n{\"a\":1}\r\n0\r\n\r\n",  # a NUL in an extension
+    b"7\r\n{\"a\":1}\r\n0\r\nX-Trailer: a\rb\r\n\r\n",  # a bare CR in a trailer
+])
+async def test_loose_chunk_syntax_is_refused_and_nothing_stored(relay, http, chunks):
+    out = await raw_exchange(relay.port, HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+    assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out
+    assert relay.app.store.head == ""
+    assert (await post(http, relay, "demo")).status_code == 202
+
+
+async def test_a_transfer_coding_that_does_not_end_in_chunked_is_a_400(relay):
+    out = await raw_exchange(relay.port, HEAD + b"Transfer-Encoding: chunked, identity\r\n\r\n"
+                             b"7\r\n{\"a\":1}\r\n0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out
+    assert relay.app.store.head == ""
+
+
+async def test_an_absolute_form_target_is_routed_by_its_path(relay):
+    out = await raw_exchange(relay.port, b"POST http://relay.example/hooks/demo HTTP/1.1\r\nHost: relay.example\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 7\r\nConnection: close\r\n\r\n"
+                             b"{\"a\":1}")
+    assert out.startswith(b"HTTP/1.1 202 ") and b'"channel":"demo"' in out
+    assert relay.app.store.head == "1"
+
+
+async def _until_closed(stream: trio.SocketStream, seconds: float) -> bytes:
+    out = b""
+    with trio.fail_after(seconds):
+        while data := await stream.receive_some(65536):
+            out += data
+    return out
+
+
+async def test_a_413_says_connection_close_and_closes_without_waiting_for_the_body():
+    async with running_relay(config_text().replace("shutdown_grace", "max_body_bytes = 100\nshutdown_grace")) as relay:
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+        async with stream:
+            await stream.send_all(HEAD + b"Content-Length: 5000\r\n\r\n" + b"x" * 50)
+            out = await _until_closed(stream, 5)  # the body's rest never comes; the relay hangs up anyway
+        assert out.startswith(b"HTTP/1.1 413 ") and b"\r\nconnection: close\r\n" in out
+
+
+async def test_a_408_says_connection_close_and_closes(autojump_clock):
+    from relay.http import BODY_TIMEOUT
+
+    async with running_relay() as relay:
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+        async with stream:
+            await stream.send_all(HEAD + b"Content-Length: 50\r\n\r\n{\"a\":")
+            out = await _until_closed(stream, BODY_TIMEOUT + 5)
+        assert out.startswith(b"HTTP/1.1 408 ") and b"\r\nconnection: close\r\n" in out
+        assert relay.app.store.head == ""
+
+
+async def test_a_webhook_whose_body_is_still_arriving_when_the_grace_ends_is_answered_503(autojump_clock):
+    grace = 4.0
+    text = config_text().replace("shutdown_grace = 5.0", f"shutdown_grace = {grace}")
+    async with trio.open_nursery() as nursery:
+        async with running_relay(text) as relay:
+            app = relay.app
+            stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+            await stream.send_all(HEAD + b"Content-Length: 100\r\n\r\n" + b'{"half": "' + b"x" * 30)
+            await trio.sleep(1)  # (autojump: until the relay waits for the rest of the body)
+            answer: list[bytes] = []
+
+            async def read_answer() -> None:
+                async with stream:
+                    answer.append(await _until_closed(stream, grace + 5))
+
+            nursery.start_soon(read_answer)
+            stopping = trio.current_time()
+        stopped = trio.current_time()  # serve has returned
+    assert stopped - stopping <= grace
+    out = answer[0]
+    assert out.startswith(b"HTTP/1.1 503 ")
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"\r\nretry-after: " in head and b"\r\nconnection: close" in head
+    assert json.loads(body)["error"] == "unavailable"
+    assert app.webhooks[("demo", 503)] == 1

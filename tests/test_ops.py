@@ -10,6 +10,8 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -256,3 +258,65 @@ async def test_the_inspector_page_is_self_contained_html(http, relay):
     csp = r.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "connect-src 'self'" in csp
     assert "'unsafe-inline'" not in csp
+
+
+# -- what clients that break HTTP cost in metrics and logs ----------------------
+
+WEBHOOK_HEAD = b"POST /hooks/demo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+async def test_a_malformed_chunked_body_is_counted_with_the_400_it_was_answered(http, relay):
+    stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+    async with stream:
+        await stream.send_all(WEBHOOK_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
+        with trio.fail_after(5):
+            answer = await stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    samples = await scrape(http, relay)
+    assert value(samples, "relay_webhooks_total", route="demo", status="400") == 1
+    assert not [labels for name, labels in samples if name == "relay_webhooks_total" and ("status", "500") in labels]
+
+
+async def test_clients_that_leave_after_a_413_or_mid_body_cost_one_info_line_each(daemon, http):
+    relay = daemon(config_text().replace("shutdown_grace", "max_body_bytes = 100\nshutdown_grace"))
+    port = int(relay.base.rsplit(":", 1)[1])
+    rounds = 10
+
+    async def leave(length: int, *, reset: bool) -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        if length > 100:
+            await stream.send_all(WEBHOOK_HEAD + b"Content-Length: %d\r\n\r\n" % length + b"x" * 50)
+            with trio.fail_after(5):
+                assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 413 ")
+        else:
+            # Expect: 100-continue makes the relay say when it waits for the body.
+            await stream.send_all(WEBHOOK_HEAD + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % length)
+            with trio.fail_after(5):
+                assert await stream.receive_some(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            await stream.send_all(b'{"a":')  # ...and the rest never comes
+        if reset:  # close with RST (SO_LINGER 0), as a killed client does
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
+
+    for _ in range(rounds):
+        await leave(5000, reset=False)
+        await leave(5000, reset=True)
+        await leave(50, reset=False)
+        await leave(50, reset=True)
+    async def counted() -> float:
+        return sum(v for (name, _), v in (await scrape(http, relay)).items() if name == "relay_webhooks_total")
+
+    with trio.fail_after(10):  # until the relay has seen the last client leave
+        while await counted() < 4 * rounds:
+            await trio.sleep(0.01)
+    relay.signal(signal.SIGTERM)
+    assert await trio.to_thread.run_sync(relay.proc.wait, 15) == 0
+    everything = relay.stderr.decode() + (await trio.to_thread.run_sync(relay.proc.stderr.read)).decode()
+    lines = everything.splitlines()
+    webhooks = [line for line in lines if "relay: webhook " in line]
+    assert "Traceback" not in everything
+    assert all(" INFO " in line for line in webhooks) and len(webhooks) == 4 * rounds
+    statuses = sorted(re.search(r" status=(\d+) ", line).group(1) for line in webhooks)
+    # A client that closes mid-body is sent a 400; one that resets was sent nothing (499).
+    assert statuses == sorted(["413"] * 2 * rounds + ["400"] * rounds + ["499"] * rounds)
+    assert len(lines) == len(webhooks) + 2  # besides them: "listening on" and "shutting down"
