@@ -54,7 +54,7 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
         except ValueError as exc:
             raise BadRequest(f"since: {exc}") from None
     grant = app.authorize(request, patterns)
-    if app.subscriber_count() >= app.config.server.max_connections:
+    if not app.may_subscribe():
         raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
     head = hc.conn.switch(200, [
         ("content-type", "text/event-stream"),

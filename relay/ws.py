@@ -128,7 +128,7 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
             raise BadRequest(f"Sec-WebSocket-Protocol: this relay speaks {SUBPROTOCOL} only")
         subprotocol = SUBPROTOCOL
     grant = app.authorize(request, patterns)
-    if app.subscriber_count() >= app.config.server.max_connections:
+    if not app.may_subscribe():
         raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
     response = [
         ("upgrade", "websocket"),
