@@ -27,6 +27,7 @@ from .config import Config
 from .errors import Forbidden, RelayError
 from .hub import Hub
 from .ingest import Ingest, Route, build_routes
+from .limits import BACKOFF_MAX_S, Backoff, Connections, Throttle, Waiting, plan_files
 from .metrics import Metrics
 from .store import Appended, open_store
 from .timers import Timers, tick_every
@@ -42,13 +43,38 @@ log = logging.getLogger("relay")
 _TRANSIENT_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
+def _being_closed(scope: trio.CancelScope) -> bool:
+    return scope.cancel_called
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
 
 
+def fit_file_limit(max_connections: int) -> int:
+    """Raise the soft file limit to the hard one; the connections that fit
+    (``max_connections``, or fewer with a warning on stderr)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix: nothing to ask for
+        return max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    plan = plan_files(max_connections, soft, None if hard == unlimited else hard)
+    if plan.soft != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (plan.soft, hard))
+        except (ValueError, OSError):
+            # The system caps it lower than the hard limit says (macOS).
+            plan = plan_files(max_connections, soft, soft)
+    if plan.warning is not None:
+        log.warning(plan.warning)
+    return plan.connections
+
+
 class App:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, max_open: int | None = None) -> None:
         self.config = config
         self.hub = Hub()
         self.store = open_store(config.store, self.hub.publish)
@@ -71,7 +97,17 @@ class App:
         self._wall0 = time.time()
         self._mono0 = trio.current_time()
         self.stopping = trio.Event()
-        self.idle: set[trio.CancelScope] = set()
+        # Connections waiting for a request (or a TLS handshake), oldest
+        # first: shutdown ends them at once, and the accept loop closes the
+        # oldest when every slot is taken (relay/limits.py says why).
+        self.idle: Waiting[trio.CancelScope] = Waiting(on_add=self._idle_joined)
+        self.connections = Connections(max_open if max_open is not None else config.server.max_connections)
+        self._room = trio.lowlevel.ParkingLot()  # unparked when a slot may have come free
+        self._want_idle = False  # the accept loop also waits for a connection to become idle
+        self._full_log = Throttle()
+        self._accept_log = Throttle()
+        self.idle_closed = 0  # connections closed for room (metrics)
+        self.accept_failures = 0
         # Webhooks waiting for body bytes, and when those waits end at
         # shutdown (http.end_body_reads): they are answered 503 then.
         self.reading: set[trio.CancelScope] = set()
@@ -126,6 +162,10 @@ class App:
     def subscriber_count(self) -> int:
         return len(self.sessions)
 
+    def may_subscribe(self) -> bool:
+        """Is there room for one more subscriber (its share of max_connections)?"""
+        return self.connections.may_subscribe()
+
     async def ready(self) -> bool:
         if self.stopping.is_set():
             return False
@@ -157,6 +197,7 @@ class App:
         """Run a subscriber session as a task of its own in the connections'
         nursery: the HTTP request that opened it, its parser and its stack
         frames are released instead of living as long as the subscription."""
+        self.connections.subscribed()  # the connection's slot is now a subscriber's
         self.conns.start_soon(self._session, session_run, *args)
 
     async def _session(self, session_run: Callable[..., Awaitable[None]], *args: object) -> None:
@@ -165,32 +206,51 @@ class App:
         except Exception:
             # One broken subscriber must never take the relay down.
             log.exception("subscriber session failed")
+        finally:
+            self._closed(subscriber=True)  # the session closed its stream
+
+    def _closed(self, subscriber: bool = False) -> None:
+        self.connections.closed(subscriber)
+        self._room.unpark_all()
+
+    def _idle_joined(self) -> None:
+        if self._want_idle:
+            self._room.unpark_all()
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         from .http import HttpConnection
 
+        hc = None
         try:
             if self.tls is not None:
                 from .tls import HANDSHAKE_TIMEOUT, TlsStream
 
                 tls_stream = TlsStream(stream, self.tls)
                 # A client that never finishes its handshake costs one socket
-                # for a bounded time, and nothing else.
+                # for a bounded time, and nothing else; while it lasts, its
+                # slot may be taken for a newcomer, as an idle one's.
                 with trio.move_on_after(HANDSHAKE_TIMEOUT) as scope:
+                    self.idle.add(scope)
                     try:
                         await tls_stream.do_handshake()
                     except trio.BrokenResourceError:
                         await stream.aclose()
                         return
+                    finally:
+                        self.idle.discard(scope)
                 if scope.cancelled_caught:
                     await stream.aclose()
                     return
-                await HttpConnection(self, tls_stream).serve()
-                return
-            await HttpConnection(self, stream).serve()
+                hc = HttpConnection(self, tls_stream)
+            else:
+                hc = HttpConnection(self, stream)
+            await hc.serve()
         except Exception:
             # One broken connection must never take the relay down.
             log.exception("connection failed")
+        finally:
+            if hc is None or not hc.detached:
+                self._closed()  # else a subscriber session owns the stream now
 
     def tune_subscriber(self, stream: trio.abc.Stream) -> None:
         """Find half-open subscribers: TCP keepalive probes on idle
@@ -214,18 +274,75 @@ class App:
                       scopes: list[trio.CancelScope]) -> None:
         scope = trio.CancelScope()
         scopes.append(scope)
+        backoff = Backoff()
         with scope:
             while True:
+                await self._make_room(listener)
                 try:
                     stream = await listener.accept()
                 except OSError as exc:
                     if exc.errno in _TRANSIENT_ACCEPT:
-                        log.warning("accept failed: %s; retrying", exc)
-                        await trio.sleep(0.1)
+                        await self._accept_failed(exc, backoff)
                         continue
                     raise
+                backoff.reset()
+                self.connections.opened()
                 conns.start_soon(self._connection, stream)
         await listener.aclose()
+
+    async def _make_room(self, listener: trio.SocketListener) -> None:
+        """Return once another connection may be accepted. While every slot
+        is taken and a newcomer waits in the backlog, close the connection
+        that has waited longest for a request and wait for its slot; with
+        none waiting for a request, wait (the newcomer stays in the backlog)
+        until one ends or becomes idle. Nothing is closed for a newcomer
+        that has not come."""
+        connections = self.connections
+        while not connections.room():
+            await trio.lowlevel.wait_readable(listener.socket)
+            if connections.room():
+                break
+            victim = self.idle.oldest(skip=_being_closed)
+            self._want_idle = victim is None
+            if victim is not None:
+                victim.cancel()
+                self.idle_closed += 1
+            self._warn_full(closing=victim is not None)
+            await self._room.park()
+        self._want_idle = False
+
+    def _warn_full(self, closing: bool) -> None:
+        held = self._full_log.admit(trio.current_time())
+        if held is None:
+            return
+        c = self.connections
+        log.warning("all %d connection slots are taken: %s", c.limit,
+                    "closing the connections idle longest to make room" if closing
+                    else "new connections wait until one ends",
+                    extra={"fields": {"connections": c.open, "subscribers": c.subscribers,
+                                      "idle": len(self.idle), "more_since_last_line": held}})
+
+    async def _accept_failed(self, exc: OSError, backoff: Backoff) -> None:
+        """Out of descriptors (or memory) at accept: the connection stays in
+        the backlog. Make room as at the limit, or wait for any connection
+        to end, at most a back-off that doubles while it keeps failing. One
+        warning per ``LOG_EVERY_S``, with the count of those held back."""
+        self.accept_failures += 1
+        held = self._accept_log.admit(trio.current_time())
+        if held is not None:
+            log.warning("accept failed: %s", exc.strerror or exc,
+                        extra={"fields": {"errno": errno.errorcode.get(exc.errno or 0, exc.errno),
+                                          "connections": self.connections.open,
+                                          "more_since_last_line": held}})
+        victim = self.idle.oldest(skip=_being_closed)
+        if victim is not None:
+            victim.cancel()  # its descriptor is what accept needs
+            self.idle_closed += 1
+            delay = BACKOFF_MAX_S
+        else:
+            delay = backoff.next()
+        with trio.move_on_after(delay):
+            await self._room.park()
 
 
 async def _flush_logs() -> None:
@@ -239,7 +356,7 @@ async def _flush_logs() -> None:
 
 
 async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    app = App(config)
+    app = App(config, fit_file_limit(config.server.max_connections))
     host, port = split_listen(config.server.listen)
     grace = config.server.shutdown_grace
     async with trio.open_nursery() as root:

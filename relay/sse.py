@@ -55,7 +55,7 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
         except ValueError as exc:
             raise BadRequest(f"since: {exc}") from None
     grant = app.authorize(request, patterns)
-    if app.subscriber_count() >= app.config.server.max_connections:
+    if not app.may_subscribe():
         raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
     if since is not None and not app.store.readable:
         raise StoreUnavailable("the event store is not answering; resume later")

@@ -136,10 +136,12 @@ async def http():
 class Daemon:
     """A ``relay serve`` subprocess."""
 
-    def __init__(self, config_path: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, cwd: Path, env: dict[str, str] | None = None,
+                 preexec_fn=None) -> None:
         self.config_path = config_path
         self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
+        self.preexec_fn = preexec_fn  # runs in the child before the relay (e.g. a low file limit)
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr = b""
         self.base = ""
@@ -149,6 +151,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "-c", str(self.config_path)],
             cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=self.preexec_fn,
         )
         assert self.proc.stderr is not None
         os.set_blocking(self.proc.stderr.fileno(), True)
@@ -200,10 +203,10 @@ def daemon(tmp_path):
     """Factory: daemon(config_text) -> started Daemon, killed at teardown."""
     started: list[Daemon] = []
 
-    def make(text: str, env: dict[str, str] | None = None, start: bool = True) -> Daemon:
+    def make(text: str, env: dict[str, str] | None = None, start: bool = True, preexec_fn=None) -> Daemon:
         path = tmp_path / "relay.toml"
         path.write_text(text)
-        d = Daemon(path, tmp_path, env)
+        d = Daemon(path, tmp_path, env, preexec_fn)
         started.append(d)
         return d.start() if start else d
 

@@ -130,7 +130,9 @@ async def test_a_subscriber_that_vanishes_mid_frame_is_freed_and_others_go_on(ht
 
 
 async def test_max_connections_refuses_the_next_subscriber_with_503_before_the_upgrade():
-    async with running_relay(config_text().replace("shutdown_grace = 5.0", "shutdown_grace = 5.0\nmax_connections = 2")) as relay:
+    # max_connections counts every connection; one of three is kept for plain
+    # HTTP (relay/limits.py), so two subscribers fit and the third is refused.
+    async with running_relay(config_text().replace("shutdown_grace = 5.0", "shutdown_grace = 5.0\nmax_connections = 3")) as relay:
         async with open_websocket_url(f"{relay.ws_base}/ws?channel=demo"), \
                 open_websocket_url(f"{relay.ws_base}/ws?channel=demo"):
             with pytest.raises(ConnectionRejected) as info:

@@ -9,10 +9,18 @@ The stdlib sqlite3 module blocks, so no sqlite call runs on the trio loop.
 Writes go to one dedicated writer thread that ``run`` starts and waits for;
 the writer connection is opened, used and closed on that thread only. Reads use
 their own connection in trio's worker threads, one at a time.
+
+Ready (``ping``) means a write can succeed, not merely that the file answers
+a read: a full disk or a failing one leaves reads working while every
+webhook gets 503. So once a commit has failed, and until one succeeds,
+``ping`` tries a small write of its own (``_probe``) on the writer thread;
+readiness comes back as soon as that passes, e.g. when space is freed, with
+no webhook having to fail first.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
@@ -43,7 +51,17 @@ CREATE TABLE IF NOT EXISTS deliveries (
     ts INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_ts ON deliveries (ts);
+CREATE TABLE IF NOT EXISTS probe (
+    id INTEGER PRIMARY KEY,
+    pad BLOB NOT NULL
+);
 """
+
+log = logging.getLogger("relay.store")
+
+# What the readiness probe writes: room for a batch of ordinary webhooks,
+# not just one page, so a disk with a few bytes left is not called ready.
+_PROBE_BYTES = 64 * 1024
 
 # Dedupe keys looked up per query (SQLite allows 32,766 variables since 3.32).
 _KEYS_PER_QUERY = 500
@@ -158,6 +176,11 @@ class SqliteStore(SeqLog):
         self._pruned = 0
         self._last_sweep = 0
         self.commits = 0  # transactions committed, for tests and metrics
+        self._thread: _WriterThread | None = None
+        # Why the last commit failed, until one succeeds: readiness then
+        # depends on a probe write (``ping``), one at a time.
+        self._write_failed: str | None = None
+        self._probing: trio.Event | None = None
 
     # -- state -----------------------------------------------------------
 
@@ -186,7 +209,7 @@ class SqliteStore(SeqLog):
         self._writer, self._reader = writer, reader
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        thread = _WriterThread()
+        thread = self._thread = _WriterThread()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(thread.host)
             batch: Batch | None = None
@@ -198,9 +221,11 @@ class SqliteStore(SeqLog):
                     try:
                         fresh = await thread.call(self._commit, batch)
                     except sqlite3.Error as exc:
+                        self._failed(exc)
                         batch.error = StoreUnavailable(f"the event store failed to commit: {exc}")
                         batch.done.set()
                         continue
+                    self._wrote()
                     if fresh:
                         self.publish(fresh)
                     batch.done.set()
@@ -360,11 +385,63 @@ class SqliteStore(SeqLog):
         return self._running and self._reader is not None
 
     async def ping(self) -> bool:
+        """Ready: running, and a write can succeed (module docstring)."""
         if not self._running or self._reader is None:
             return False
+        if self._write_failed is not None:
+            return await self._probe_write()
         async with self._read_lock:
             try:
                 await trio.to_thread.run_sync(self._reader.execute, "SELECT 1")
             except sqlite3.Error:
                 return False
         return True
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        if self._write_failed is None:
+            log.warning("the event store cannot write; not ready until a write succeeds",
+                        extra={"fields": {"error": str(exc), "path": self.path}})
+        self._write_failed = str(exc)
+
+    def _wrote(self) -> None:
+        if self._write_failed is not None:
+            log.info("the event store writes again; ready", extra={"fields": {"path": self.path}})
+            self._write_failed = None
+
+    async def _probe_write(self) -> bool:
+        """One probe at a time; callers that come while it runs share its
+        outcome rather than queue more writes behind it."""
+        if self._probing is not None:
+            await self._probing.wait()
+            return self._write_failed is None
+        self._probing = probing = trio.Event()
+        try:
+            assert self._thread is not None
+            try:
+                await self._thread.call(self._probe)
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                return False
+            except StoreUnavailable:
+                return False
+            self._wrote()
+            return True
+        finally:
+            self._probing = None
+            probing.set()
+
+    def _probe(self) -> None:
+        """Runs on the writer thread: a committed write of ``_PROBE_BYTES``
+        to the probe table's one row (the same file, WAL and fsync a batch
+        of webhooks needs)."""
+        db = self._writer
+        if db is None:
+            raise sqlite3.OperationalError("the event store is closed")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT OR REPLACE INTO probe (id, pad) VALUES (1, zeroblob(?))", (_PROBE_BYTES,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
