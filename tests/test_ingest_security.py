@@ -275,6 +275,34 @@ async def test_a_json_schema_refuses_payloads_naming_the_path_and_keeps_valid_bo
             assert body.decode() in await ws.get_message()
 
 
+async def test_a_schema_number_takes_numbers_beyond_a_doubles_range_and_keeps_their_bytes(tmp_path, http):
+    # 1e400 is valid JSON (RFC 8259 leaves range to implementations): it is a
+    # number, above any finite maximum, and not an integer.
+    schema = tmp_path / "amounts.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {
+        "amount": {"type": "number"}, "capped": {"type": "number", "maximum": 100},
+        "count": {"type": "integer"}, "note": {"type": "string"}}}))
+    extra = f'[routes.amounts]\nchannel = "amounts"\nschema = "{schema}"\n'
+    async with running_relay(config_text(extra)) as relay:
+        async with open_websocket_url(f"{relay.ws_base}/ws?channel=amounts") as ws:
+            await ws.get_message()
+            for body in (b'{"amount": 1e400, "note": "2e999"}', b'{"amount":-1.5E+400,"capped":-1e400}',
+                         b'{"capped": 99.5, "amount": 12e3000}'):
+                r = await post(http, relay, "amounts", body, {})
+                assert r.status_code == 202, (body, r.text)
+                assert f'"data":{body.decode()}}}' in await ws.get_message()
+        refused = {
+            b'{"capped": 1e400}': "$.capped: expected float <= 100.0",
+            b'{"count": 1e400}': "$.count: expected int, got float",
+            b'{"amount": 1e400, "note": 7}': "$.note: expected str, got int",
+        }
+        for body, detail in refused.items():
+            r = await post(http, relay, "amounts", body, {})
+            assert r.status_code == 422 and r.json()["detail"] == detail, (body, r.text)
+        r = await post(http, relay, "amounts", b'{"amount": 1e400,}', {})
+        assert r.status_code == 400 and r.json()["error"] == "bad_json"
+
+
 async def test_a_msgspec_struct_schema(tmp_path, http, monkeypatch):
     (tmp_path / "hookschemas.py").write_text(
         "import msgspec\nclass Order(msgspec.Struct):\n    order_id: int\n    total: float\n")
