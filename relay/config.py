@@ -190,6 +190,7 @@ def _decode(value: object, typ: Any, key: str, problems: list[tuple[str, str]]) 
     except msgspec.ValidationError as exc:
         first = _where(key, exc, value)
     struct = _struct_in(typ)
+    known = len(problems)
     if struct is not None and isinstance(value, dict):
         fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
         good: dict[str, object] = {}
@@ -208,12 +209,15 @@ def _decode(value: object, typ: Any, key: str, problems: list[tuple[str, str]]) 
             if field.required and name not in value:
                 problems.append((f"{key}.{name}", "required key is missing"))
                 whole = False
-        return struct(**good) if whole else _BAD
-    if typing.get_origin(typ) is list and isinstance(value, list):
+        if whole and len(problems) > known:
+            return struct(**good)
+    elif typing.get_origin(typ) is list and isinstance(value, list):
         (item_type,) = typing.get_args(typ)
         items = [_decode(item, item_type, f"{key}[{i}]", problems) for i, item in enumerate(value)]
-        return _BAD if any(item is _BAD for item in items) else items
-    problems.append(first)
+        if len(problems) > known:
+            return _BAD if any(item is _BAD for item in items) else items
+    if len(problems) == known:
+        problems.append(first)  # not found key by key (a rule of the whole table): msgspec's own word
     return _BAD
 
 
