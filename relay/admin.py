@@ -16,7 +16,7 @@ import hmac
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import envelope
+from . import cors, envelope
 from .errors import MethodNotAllowed, NotFound, Unauthorized
 
 if TYPE_CHECKING:
@@ -101,11 +101,13 @@ async def answer(hc: HttpConnection, request: Request) -> None:
     app = hc.app
     if request.method != "GET":
         raise MethodNotAllowed(f"{request.method} is not allowed here", "GET")
+    # A page on another allowed origin may read the answer, the 401 included.
+    shared = cors.headers(app.config.auth.origins, request.headers.get("origin"))
     try:
         check_token(admin_token(app), request.headers.get("authorization"))
     except Unauthorized as error:
         body = envelope.encode({"error": error.code, "detail": error.detail})
-        await hc.send(401, body, [("www-authenticate", 'Bearer realm="relay admin"')])
+        await hc.send(401, body, [("www-authenticate", 'Bearer realm="relay admin"'), *shared])
         return
     if request.path == "/admin/routes":
         view = routes_view(app)
@@ -113,4 +115,4 @@ async def answer(hc: HttpConnection, request: Request) -> None:
         view = channels_view(app)
     else:
         raise NotFound(f"nothing at {request.path[:200]!r}; try {' or '.join(PATHS)}")
-    await hc.send(200, envelope.encode(view), [("cache-control", "no-store")])
+    await hc.send(200, envelope.encode(view), [("cache-control", "no-store"), *shared])

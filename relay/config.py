@@ -1,10 +1,14 @@
 """The config file: TOML decoded by msgspec into frozen Structs.
 
-Each section is decoded on its own so that one run of ``relay check`` names
-every problem it can find (msgspec stops at the first error of a decode), and
-every message names its key. Cross-field rules (a secret the verify scheme
-needs, an environment variable that is not set, a file that is missing) are
-checked after decoding, all of them, before anything starts.
+One run of ``relay check`` names every problem it can find, each with its key.
+msgspec stops at the first error of a decode, so a section that fails is
+taken apart (``_decode``): each key of it is decoded on its own, down into
+nested tables and lists, every bad one is reported, and the section is built
+from the keys that were good (the bad ones at their defaults) so that the
+cross-field rules still run on the rest. Those rules (a secret the verify
+scheme needs, an environment variable that is not set, a file that is
+missing) are checked after decoding, all of them, before anything starts; a
+rule about a key that was already reported as bad is not checked again.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import ipaddress
 import os
 import re
 import tomllib
-from typing import Annotated, Literal
+import types
+import typing
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -161,6 +167,65 @@ def _where(prefix: str, err: msgspec.ValidationError, raw: object = None) -> tup
     return key, f"{value!r}: {message}" if value is not None else message
 
 
+_BAD = object()  # what ``_decode`` returns for a value that nothing could be made of
+
+
+def _struct_in(typ: Any) -> type[Struct] | None:
+    """The Struct a field holds: ``S`` or ``S | None``; None for anything else."""
+    if isinstance(typ, type) and issubclass(typ, Struct):
+        return typ
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        structs = [t for t in typing.get_args(typ) if t is not type(None)]
+        if len(structs) == 1:
+            return _struct_in(structs[0])
+    return None
+
+
+def _decode(value: object, typ: Any, key: str, problems: list[tuple[str, str]]) -> Any:
+    """``value`` converted to ``typ``; else every problem in it is added to
+    ``problems`` and what could be decoded is returned: a table with its bad
+    keys at their defaults, a list whose items all decoded, or ``_BAD``."""
+    try:
+        return msgspec.convert(value, typ)
+    except msgspec.ValidationError as exc:
+        first = _where(key, exc, value)
+    struct = _struct_in(typ)
+    known = len(problems)
+    if struct is not None and isinstance(value, dict):
+        fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
+        good: dict[str, object] = {}
+        whole = True
+        for name, item in value.items():
+            field = fields.get(name)
+            if field is None:
+                problems.append((f"{key}.{name}", "unknown key"))
+                continue
+            decoded = _decode(item, field.type, f"{key}.{name}", problems)
+            if decoded is _BAD:
+                whole = whole and not field.required
+            else:
+                good[field.name] = decoded
+        for name, field in fields.items():
+            if field.required and name not in value:
+                problems.append((f"{key}.{name}", "required key is missing"))
+                whole = False
+        if whole and len(problems) > known:
+            return struct(**good)
+    elif typing.get_origin(typ) is list and isinstance(value, list):
+        (item_type,) = typing.get_args(typ)
+        items = [_decode(item, item_type, f"{key}[{i}]", problems) for i, item in enumerate(value)]
+        if len(problems) > known:
+            return _BAD if any(item is _BAD for item in items) else items
+    if len(problems) == known:
+        problems.append(first)  # not found key by key (a rule of the whole table): msgspec's own word
+    return _BAD
+
+
+def _reported(problems: list[tuple[str, str]], *keys: str) -> bool:
+    """Whether a problem was already named for one of ``keys`` or inside it."""
+    return any(k == key or k.startswith((key + ".", key + "[")) for k, _ in problems for key in keys)
+
+
 def _listed(value: str | list[str] | None) -> list[str]:
     if value is None:
         return []
@@ -196,6 +261,16 @@ def _check_template(template: str) -> str | None:
     return None
 
 
+def _check_schema(ref: str) -> str | None:
+    from .schema import load_schema
+
+    try:
+        load_schema(ref)
+    except (ValueError, ImportError) as exc:
+        return str(exc)
+    return None
+
+
 def parse(text: str, env: dict[str, str] | None = None) -> Config:
     """Decode and check a config; raises ConfigError listing every problem."""
     env = dict(os.environ) if env is None else env
@@ -213,10 +288,9 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         if section is None:
             problems.append((name, "unknown section"))
             continue
-        try:
-            parts[name] = msgspec.convert(value, section)
-        except msgspec.ValidationError as exc:
-            problems.append(_where(name, exc, value))
+        decoded = _decode(value, section, name, problems)
+        if decoded is not _BAD:
+            parts[name] = decoded
 
     routes: dict[str, RouteConfig] = {}
     raw_routes = raw.get("routes", {})
@@ -227,10 +301,9 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         key = f"routes.{name}"
         if not ROUTE_RE.match(name):
             problems.append((key, "route names use letters, digits, '_', '.', '-'"))
-        try:
-            routes[name] = msgspec.convert(value, RouteConfig)
-        except msgspec.ValidationError as exc:
-            problems.append(_where(key, exc, value))
+        decoded = _decode(value, RouteConfig, key, problems)
+        if decoded is not _BAD:
+            routes[name] = decoded
 
     server: ServerConfig = parts.get("server", ServerConfig())  # type: ignore[assignment]
     if "server" in parts and (why := _check_listen(server.listen)):
@@ -265,14 +338,19 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
                 if not _standard_secret_ok(secret):
                     problems.append((f"{key}.secret", "a Standard Webhooks secret is whsec_ followed by base64"))
                     break
-        if route.verify != "none" and not found and route.secret_env is None:
+        if (route.verify != "none" and not found and route.secret_env is None
+                and not _reported(problems, f"{key}.secret", f"{key}.secret_env")):
             problems.append((f"{key}.verify", f"{route.verify!r} needs secret or secret_env"))
-        if route.verify == "hmac-sha256" and not route.signature_header:
+        if (route.verify == "hmac-sha256" and not route.signature_header
+                and not _reported(problems, f"{key}.signature_header")):
             problems.append((f"{key}.signature_header", "verify = 'hmac-sha256' needs the header that carries the signature"))
-        if route.rate is None and route.burst is not None:
+        if route.rate is None and route.burst is not None and not _reported(problems, f"{key}.rate"):
             problems.append((f"{key}.burst", "burst needs rate"))
-        if route.schema is not None and ":" not in route.schema and not os.path.isfile(route.schema):
-            problems.append((f"{key}.schema", f"{route.schema!r}: file not found"))
+        if route.schema is not None:
+            if ":" not in route.schema and not os.path.isfile(route.schema):
+                problems.append((f"{key}.schema", f"{route.schema!r}: file not found"))
+            elif (why := _check_schema(route.schema)) is not None:
+                problems.append((f"{key}.schema", why))
         secrets[name] = tuple(found)
 
     store: StoreConfig = parts.get("store", StoreConfig())  # type: ignore[assignment]
@@ -301,7 +379,8 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
     for i, tc in enumerate(auth.tokens):
         key = f"auth.tokens[{i}]"
         if (tc.token is None) == (tc.token_env is None):
-            problems.append((key, "give token or token_env (one of them)"))
+            if not _reported(problems, f"{key}.token", f"{key}.token_env"):
+                problems.append((key, "give token or token_env (one of them)"))
             continue
         value = tc.token if tc.token is not None else env.get(tc.token_env or "")
         if not value:

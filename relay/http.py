@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote
 
 import trio
 
-from . import envelope, http1
+from . import cors, envelope, http1
 from .errors import BadRequest, MethodNotAllowed, NotFound, RelayError, TooLarge
 from .errors import RateLimited, Unavailable
 from .ingest import Challenge
@@ -338,7 +338,9 @@ class HttpConnection:
         path = request.path
         self.head = request.method == "HEAD"
         try:
-            if path.startswith("/hooks/"):
+            if request.method == "OPTIONS" and path in cors.PATHS:
+                await cors.answer_preflight(self, request)  # a page on another origin asks first
+            elif path.startswith("/hooks/"):
                 await self._webhook(request, path[len("/hooks/"):])
             elif path == "/ws":
                 return await self._websocket(request)

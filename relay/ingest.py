@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from decimal import Decimal
 from urllib.parse import parse_qs
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,25 @@ from .store import Appended, Store
 from .verify import VerifySpec, verify
 
 _json_decoder = msgspec.json.Decoder()
+# A number beyond a double's range (1e400) is valid JSON (RFC 8259 leaves
+# range to implementations), but msgspec refuses to make a float of it. Such a
+# body is read again with every float as a Decimal, which has no such limit;
+# only those bodies pay for it. The stored body is the bytes either way.
+_wide_decoder = msgspec.json.Decoder(float_hook=Decimal)
+
+
+def parse_json(body: bytes) -> Any:
+    """The body's JSON value; ``BadJson`` when it is not UTF-8 JSON."""
+    try:
+        return _json_decoder.decode(body)
+    except msgspec.ValidationError:
+        pass  # a number out of a double's range: see _wide_decoder
+    except msgspec.DecodeError as exc:
+        raise BadJson(f"body is not valid UTF-8 JSON: {exc}") from None
+    try:
+        return _wide_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadJson(f"body is not valid UTF-8 JSON: {exc}") from None
 
 
 def media_kind(content_type: str | None) -> str | None:
@@ -78,10 +98,7 @@ class Route:
             delivery = headers.get(self.config.dedupe_header.lower()) or delivery
         payload: Any = None
         if kind == "json":
-            try:
-                payload = _json_decoder.decode(body)
-            except msgspec.DecodeError as exc:
-                raise BadJson(f"body is not valid UTF-8 JSON: {exc}") from None
+            payload = parse_json(body)
             if (
                 self.config.verify == "slack"
                 and isinstance(payload, dict)

@@ -20,7 +20,9 @@ Anything else (``$ref``, ``oneOf``, ...) is refused at start with a
 keyword would accept payloads the author meant to reject. Where ``type`` is
 absent, structural keywords imply it (``properties`` means an object,
 ``items`` an array); value constraints without a type are refused as
-ambiguous. A ``type: integer`` accepts only JSON integers (not ``1.0``).
+ambiguous. A ``type: integer`` accepts only JSON integers (not ``1.0``). A
+number beyond a double's range (``1e400``) is a ``number`` above every finite
+bound.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import importlib
 import math
 import os
 import re
+import sys
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
@@ -52,10 +55,45 @@ class Validator:
         try:
             self._decoder.decode(body)
         except msgspec.ValidationError as exc:
+            if not str(exc).startswith(_OUT_OF_RANGE):
+                raise Invalid(_reformat(str(exc))) from None
+        except msgspec.DecodeError as exc:
+            reason = str(exc).removeprefix("JSON is malformed: ")
+            raise BadJson(f"body is not valid UTF-8 JSON: {reason}") from None
+        else:
+            return
+        # A number beyond a double's range (1e400) is valid JSON, but msgspec
+        # makes no float of it. Check the body again with each such number
+        # as the largest double of its sign: it passes or fails every
+        # "type" and bound as the number itself does (short of a bound at
+        # the largest double itself). The body stored is the one received.
+        try:
+            self._decoder.decode(_in_double_range(body))
+        except msgspec.ValidationError as exc:
             raise Invalid(_reformat(str(exc))) from None
         except msgspec.DecodeError as exc:
             reason = str(exc).removeprefix("JSON is malformed: ")
             raise BadJson(f"body is not valid UTF-8 JSON: {reason}") from None
+
+
+_OUT_OF_RANGE = "Number out of range"
+# A JSON string (skipped whole, so digits inside one are left alone) or a
+# number with a fraction or an exponent: the tokens msgspec reads as floats.
+_FLOAT_OR_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?[eE][+-]?[0-9]+|-?(?:0|[1-9][0-9]*)\.[0-9]+')
+_DOUBLE_MAX = repr(sys.float_info.max).encode()
+
+
+def _in_double_range(body: bytes) -> bytes:
+    """``body`` with each float token beyond a double's range replaced by the
+    largest double of its sign; everything else byte for byte."""
+
+    def clamp(match: re.Match[bytes]) -> bytes:
+        token = match[0]
+        if token[:1] == b'"' or not math.isinf(float(token)):
+            return token
+        return b"-" + _DOUBLE_MAX if token[:1] == b"-" else _DOUBLE_MAX
+
+    return _FLOAT_OR_STRING.sub(clamp, body)
 
 
 def load_schema(ref: str, base_dir: str = ".") -> Validator:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import envelope
+from . import cors, envelope
 from .envelope import Event
 from .errors import BadRequest, MethodNotAllowed, Unavailable
 from .store import StoreUnavailable
@@ -64,6 +64,8 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
         ("cache-control", "no-cache"),
         ("x-accel-buffering", "no"),  # tell nginx not to buffer the stream
         ("transfer-encoding", "chunked"),
+        # An EventSource on a page of another allowed origin may read it.
+        *cors.headers(app.config.auth.origins, request.headers.get("origin")),
     ])
     await hc.write(head)
     hc.detached = True

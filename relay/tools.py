@@ -212,7 +212,8 @@ def pretty_event(frame: Frame, text: str, color: bool = False) -> str:
 def json_line(text: str) -> str:
     """The envelope as one line: verbatim unless the body spans lines."""
     if "\n" in text or "\r" in text:
-        text = msgspec.json.encode(_any.decode(text)).decode("utf-8")
+        # Re-laid out, not decoded: a number no float holds (1e400) stays as sent.
+        text = msgspec.json.format(text, indent=0)
     return text + "\n"
 
 

@@ -33,6 +33,7 @@ SCHEMES = ("none", "hmac-sha256", "github", "stripe", "slack", "shopify", "stand
 ENCODINGS = ("hex", "base64")
 
 _DIGEST_SIZE = hashlib.sha256().digest_size
+_PARTS = ("id", "timestamp", "signature")  # a Standard Webhooks header is webhook-<part> (or svix-<part>)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,10 +205,14 @@ def _verify_shopify(spec: VerifySpec, headers: Mapping[str, str], body: bytes, n
 
 
 def _verify_standard(spec: VerifySpec, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
-    id_name, ts_name, sig_name = "webhook-id", "webhook-timestamp", "webhook-signature"
-    msg_id = _require(headers, id_name)
-    ts = _require(headers, ts_name)
-    value = _require(headers, sig_name)
+    # Svix (and so Clerk, Resend, ...) sends the same scheme under its own
+    # names, svix-id, svix-timestamp and svix-signature. Like the svix
+    # library's own verify, each svix- header is taken where present, else
+    # its webhook- twin; the id, whichever spelling, is the delivery id. A
+    # missing header is named in the spelling the request uses.
+    svix = any(f"svix-{part}" in headers for part in _PARTS)
+    (id_name, msg_id), (ts_name, ts), (sig_name, value) = (
+        _either(headers, f"svix-{part}", f"webhook-{part}", svix) for part in _PARTS)
     t = _parse_ts(ts_name, ts)
     keys = []
     for secret in spec.secrets:
@@ -292,6 +297,16 @@ def _require(headers: Mapping[str, str], name: str) -> str:
     if value is None or not value.strip():
         raise BadSignature(f"{name}: header is missing")
     return value
+
+
+def _either(headers: Mapping[str, str], alias: str, name: str, say_alias: bool) -> tuple[str, str]:
+    """(the name used, its value): ``alias`` when the request has it, else
+    ``name``; neither is missing ``alias`` when ``say_alias``, else ``name``."""
+    for candidate in (alias, name):
+        value = headers.get(candidate)
+        if value is not None and value.strip():
+            return candidate, value
+    raise BadSignature(f"{alias if say_alias else name}: header is missing")
 
 
 def _unhex(text: str) -> bytes | None:

@@ -45,6 +45,48 @@ def test_check_names_every_problem_with_its_key_and_exits_2(tmp_path):
     assert "RELAY_TEST_UNSET_SECRET" in err
 
 
+def test_check_names_every_problem_in_every_section_not_the_first_of_each(tmp_path):
+    (tmp_path / "one.json").write_text('{"type": "object", "oneOf": []}')
+    (tmp_path / "two.json").write_text('{"type": "strin"}')
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[server]\nlisten = "nowhere"\nmax_body_bytes = -1\nshutdown_grace = -5\n'
+        '[log]\nlevel = "loud"\nformat = "xml"\n'
+        '[store]\nretention = "many"\nretention_age = -1\n'
+        '[auth]\ntokens = [{ token = 5, channels = ["a"] }, { token_env = "RELAY_TEST_UNSET_TOKEN", channels = ["a"] }]\n'
+        '[routes.a]\nverify = "hmac-sha256"\nsecret = 7\nrate = -1\nburst = 5\nbogus = 1\n'
+        f'[routes.b]\nschema = "{tmp_path / "one.json"}"\n'
+        f'[routes.c]\nschema = "{tmp_path / "two.json"}"\n'
+    )
+    done = check(path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()[1:]
+    named = {line.strip().split(": ", 1)[0]: line.strip().split(": ", 1)[1] for line in lines}
+    expected = {
+        "server.listen": "'nowhere'",
+        "server.max_body_bytes": "-1",
+        "server.shutdown_grace": "-5",
+        "log.level": "'loud'",
+        "log.format": "'xml'",
+        "store.retention": "'many'",
+        "store.retention_age": "-1",
+        "auth.tokens[0].token": "5",
+        "auth.tokens[1].token_env": "RELAY_TEST_UNSET_TOKEN",
+        "routes.a.secret": "7",
+        "routes.a.rate": "-1",
+        "routes.a.bogus": "unknown key",
+        "routes.a.signature_header": "needs the header",
+        "routes.b.schema": "'oneOf'",
+        "routes.c.schema": "'strin'",
+    }
+    for key, value in expected.items():
+        assert key in named and value in named[key], (key, done.stderr)
+    # A rule about a key already named as bad is not reported twice over:
+    # "burst needs rate" while rate is -1, "give token or token_env" while token is 5.
+    assert "routes.a.burst" not in named and "auth.tokens[0]" not in named, done.stderr
+    assert f"{len(named)} problem(s)" in done.stderr.splitlines()[0] and len(named) == len(lines)
+
+
 def test_a_secret_from_the_environment_is_accepted(tmp_path):
     path = tmp_path / "ok.toml"
     path.write_text('[routes.a]\nverify = "hmac-sha256"\nsecret_env = "RELAY_TEST_SECRET"\nsignature_header = "X-Sig"\n')

@@ -191,6 +191,28 @@ async def test_a_form_body_is_carried_as_a_json_string_where_the_route_accepts_f
             assert event["data"] == body.decode()
 
 
+async def test_a_number_beyond_a_doubles_range_is_json_and_reaches_subscribers_byte_exact(relay, http):
+    # RFC 8259 leaves the range of numbers to implementations: 1e400 is JSON.
+    body = b'{"type": "big", "amount": 1e400, "neg": [-2.5E+999], "tiny": 1e-400, "text": "1e400"}\n'
+    async with open_websocket_url(f"{relay.ws_base}/ws?channel=pay.*") as ws:
+        await ws.get_message()
+        async with http.stream("GET", f"{relay.base}/sse?channel=pay.*") as sse:
+            lines = sse.aiter_lines()
+            while not (await lines.__anext__()).startswith(": welcome"):
+                pass
+            r = await post(http, relay, "pay", body=body)
+            assert r.status_code == 202, r.text
+            assert r.json()["channel"] == "pay.big"  # the channel template read the body too
+            frame = await ws.get_message()
+            data: list[str] = []  # an event's data lines, joined with "\n" as EventSource does
+            while (line := await lines.__anext__()) or not data:
+                if line.startswith("data: "):
+                    data.append(line.removeprefix("data: "))
+    for text in (frame, "\n".join(data)):
+        assert text.endswith('"data":' + body.decode() + "}")
+        assert json.loads(text)["data"]["amount"] == float("inf")  # as Python's json reads it
+
+
 async def test_head_requests_get_headers_without_a_body_and_keep_the_connection(relay, http):
     r = await http.head(f"{relay.base}/healthz")
     assert r.status_code == 200 and r.content == b""

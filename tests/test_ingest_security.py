@@ -9,6 +9,8 @@ import hashlib
 import hmac
 import json
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
 import pytest
@@ -55,6 +57,7 @@ rate = 1.0
 burst = 2
 """
 
+ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_STATUSES = {200, 202, 400, 401, 404, 405, 413, 415, 422, 429, 503}
 
 
@@ -169,6 +172,77 @@ async def test_standard_webhooks_accept_any_of_the_rotated_secrets(presets, http
     assert r.status_code == 401
 
 
+def official_signature(secret: str, msg_id: str, ts: int, body: bytes) -> str:
+    """The signature the Standard Webhooks library (which Svix's wraps) makes."""
+    from standardwebhooks.webhooks import Webhook
+
+    return Webhook(secret).sign(msg_id, datetime.fromtimestamp(ts, timezone.utc), body)
+
+
+async def test_svix_spelled_headers_verify_and_name_the_delivery_like_webhook_ones(presets, http):
+    # Svix, and so Clerk and Resend, send svix-id / svix-timestamp / svix-signature.
+    from svix.webhooks import Webhook as Svix
+
+    body = b'{"type":"user.created","data":{"id":"user_29w83sxmDNGwOuEthce5gg56FcC"}}'
+    ts = int(time.time())
+    svix = {"svix-id": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", "svix-timestamp": str(ts),
+            "svix-signature": official_signature(WHSEC_NEW, "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", ts, body)}
+    Svix(WHSEC_NEW).verify(body, svix)  # the sender's own library takes these headers
+    async with open_websocket_url(f"{presets.ws_base}/ws?channel=std") as ws:
+        await ws.get_message()
+        first = await post(http, presets, "standard", body, svix)
+        assert first.status_code == 202, first.text
+        # A redelivery is a duplicate by svix-id, and so is the same message
+        # under the standard spelling: the id is one key, however it is spelled.
+        again = await post(http, presets, "standard", body, svix)
+        webhook = {name.replace("svix-", "webhook-"): value for name, value in svix.items()}
+        spelled = await post(http, presets, "standard", body, webhook)
+        for r in (again, spelled):
+            assert r.status_code == 200 and r.json() == {**first.json(), "duplicate": True}, r.text
+        other = {**svix, "svix-id": "msg_other",
+                 "svix-signature": official_signature(WHSEC_NEW, "msg_other", ts, body)}
+        assert (await post(http, presets, "standard", body, other)).status_code == 202
+        events = [json.loads(await ws.get_message()) for _ in range(2)]
+    assert [e["delivery"] for e in events] == ["msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", "msg_other"]
+    assert events[0]["id"] == first.json()["id"]
+
+    forged = {**svix, "svix-signature": official_signature(WHSEC_NEW, "msg_forged", ts, body)}
+    r = await post(http, presets, "standard", body, forged)
+    assert r.status_code == 401
+    assert r.json()["detail"] == "svix-signature: no v1 signature matches svix-id, svix-timestamp and the body"
+    stale = {**svix, "svix-timestamp": str(ts - 600),
+             "svix-signature": official_signature(WHSEC_NEW, svix["svix-id"], ts - 600, body)}
+    r = await post(http, presets, "standard", body, stale)
+    assert r.status_code == 401 and r.json()["detail"].startswith("svix-timestamp: timestamp")
+
+
+async def test_the_standard_example_config_takes_a_svix_delivery_that_the_app_can_verify_again(http):
+    # config/standard.toml as shipped (on port 0, in memory): the svix-signed
+    # delivery reaches a subscriber with the headers and exact body that the
+    # svix library on the app's side verifies.
+    from svix.webhooks import Webhook as Svix
+
+    from relay.tools import _frame, body_of
+
+    text = (ROOT / "config" / "standard.toml").read_text()
+    text = text.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"')
+    text = text.replace('engine = "sqlite"', 'engine = "memory"')
+    body = b'{"type": "email.delivered", "data": {"email_id": "4ef9a417"}}\n'
+    ts = int(time.time())
+    headers = {"svix-id": "msg_resend_1", "svix-timestamp": str(ts),
+               "svix-signature": official_signature(WHSEC, "msg_resend_1", ts, body)}
+    async with running_relay(text, env={"APP_WEBHOOK_SECRET": WHSEC}) as relay:
+        async with open_websocket_url(f"{relay.ws_base}/ws?channel=app.*") as ws:
+            await ws.get_message()
+            r = await post(http, relay, "app", body, headers)
+            assert r.status_code == 202 and r.json()["channel"] == "app.email.delivered", r.text
+            text = await ws.get_message()
+    frame = _frame.decode(text)
+    assert frame.delivery == "msg_resend_1"
+    assert body_of(frame, text) == body
+    Svix(WHSEC).verify(body_of(frame, text), frame.headers)
+
+
 async def test_the_rate_limit_refuses_with_retry_after_and_recovers(autojump_clock):
     async with running_relay(config_text(PRESETS)) as relay, httpx.AsyncClient() as http:
         statuses = [(await post(http, relay, "limited", b"{}", {})).status_code for _ in range(3)]
@@ -201,6 +275,34 @@ async def test_a_json_schema_refuses_payloads_naming_the_path_and_keeps_valid_bo
             assert body.decode() in await ws.get_message()
 
 
+async def test_a_schema_number_takes_numbers_beyond_a_doubles_range_and_keeps_their_bytes(tmp_path, http):
+    # 1e400 is valid JSON (RFC 8259 leaves range to implementations): it is a
+    # number, above any finite maximum, and not an integer.
+    schema = tmp_path / "amounts.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {
+        "amount": {"type": "number"}, "capped": {"type": "number", "maximum": 100},
+        "count": {"type": "integer"}, "note": {"type": "string"}}}))
+    extra = f'[routes.amounts]\nchannel = "amounts"\nschema = "{schema}"\n'
+    async with running_relay(config_text(extra)) as relay:
+        async with open_websocket_url(f"{relay.ws_base}/ws?channel=amounts") as ws:
+            await ws.get_message()
+            for body in (b'{"amount": 1e400, "note": "2e999"}', b'{"amount":-1.5E+400,"capped":-1e400}',
+                         b'{"capped": 99.5, "amount": 12e3000}'):
+                r = await post(http, relay, "amounts", body, {})
+                assert r.status_code == 202, (body, r.text)
+                assert f'"data":{body.decode()}}}' in await ws.get_message()
+        refused = {
+            b'{"capped": 1e400}': "$.capped: expected float <= 100.0",
+            b'{"count": 1e400}': "$.count: expected int, got float",
+            b'{"amount": 1e400, "note": 7}': "$.note: expected str, got int",
+        }
+        for body, detail in refused.items():
+            r = await post(http, relay, "amounts", body, {})
+            assert r.status_code == 422 and r.json()["detail"] == detail, (body, r.text)
+        r = await post(http, relay, "amounts", b'{"amount": 1e400,}', {})
+        assert r.status_code == 400 and r.json()["error"] == "bad_json"
+
+
 async def test_a_msgspec_struct_schema(tmp_path, http, monkeypatch):
     (tmp_path / "hookschemas.py").write_text(
         "import msgspec\nclass Order(msgspec.Struct):\n    order_id: int\n    total: float\n")
@@ -228,7 +330,8 @@ async def test_dedupe_survives_a_restart(daemon, http):
 
 header_names = st.sampled_from(["Content-Type", "X-Hub-Signature-256", "X-GitHub-Event", "X-GitHub-Delivery",
                                 "Stripe-Signature", "X-Slack-Signature", "X-Slack-Request-Timestamp",
-                                "webhook-id", "webhook-timestamp", "webhook-signature", "X-Shopify-Hmac-Sha256"])
+                                "webhook-id", "webhook-timestamp", "webhook-signature", "X-Shopify-Hmac-Sha256",
+                                "svix-id", "svix-timestamp", "svix-signature"])
 header_values = st.one_of(
     # Header values as HTTP clients can send them: no surrounding whitespace.
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80).map(str.strip),

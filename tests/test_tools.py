@@ -219,6 +219,16 @@ async def test_tail_prints_each_event_as_one_json_line_when_piped(http, relay):
     assert lines[1]["headers"]["X-GitHub-Event"] == "issues"
 
 
+async def test_tail_prints_a_multi_line_body_with_a_number_beyond_a_double_as_one_line_keeping_the_number(http, relay):
+    body = b'{\n  "amount": 1e400,\n  "n": 1\n}\n'
+    r = await http.post(f"{relay.base}/hooks/demo", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 202, r.text
+    code, out, err = await run_cli("tail", relay.base, "demo", "--since", "", "--count", "1")
+    assert code == 0, err
+    (line,) = out.splitlines()
+    assert '"amount": 1e400' in line and json.loads(line)["data"]["n"] == 1
+
+
 async def test_tail_pretty_prints_headers_and_payload(http, relay):
     await relay_post(http, relay, {"n": 1, "nested": {"ok": True}})
     code, out, err = await run_cli("tail", relay.base, "demo", "--since", "", "--count", "1", "--format", "pretty")

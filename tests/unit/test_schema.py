@@ -319,3 +319,26 @@ def test_a_validator_can_wrap_any_struct_directly():
     validator = Validator(Event)
     assert validator.validate(b'{"action": "opened"}') is None
     assert invalid(validator, b"{}") == '$: object missing required field "action"'
+
+
+@pytest.mark.parametrize(
+    "body, ok",
+    [
+        (b'{"n": 1e400}', True),
+        (b'{"n": -1.5E+400}', True),
+        (b'{"n": 1e-400}', True),  # rounds to 0.0: in range
+        (b'{"n": 1e400, "s": "1e400 \\" 2e999"}', True),
+        (b'{"n": "1e400"}', False),  # a string stays a string
+        (b'{"i": 1e400}', False),  # a float token is never an integer
+        (b'{"top": 1e400}', False),
+        (b'{"top": -1e400}', True),
+    ],
+)
+def test_numbers_beyond_a_doubles_range_are_numbers_above_any_finite_bound(tmp_path, body, ok):
+    validator = load_schema(write(tmp_path, {"type": "object", "properties": {
+        "n": {"type": "number"}, "i": {"type": "integer"}, "s": {"type": "string"},
+        "top": {"type": "number", "maximum": 1e308}}}))
+    if ok:
+        assert validator.validate(body) is None
+    else:
+        assert invalid(validator, body).startswith("$.")

@@ -424,6 +424,32 @@ def test_standard_signature_binds_the_id():
     assert "no v1 signature matches" in detail
 
 
+def svix_headers(sig: str = SW_SIG, ts: int | str = SW_TS, msg_id: str = SW_ID) -> dict[str, str]:
+    return {"svix-id": msg_id, "svix-timestamp": str(ts), "svix-signature": sig}
+
+
+def test_standard_accepts_the_vector_under_svix_header_names_and_returns_the_svix_id():
+    assert verify(STANDARD, svix_headers(), SW_BODY, SW_TS) == SW_ID
+
+
+def test_standard_takes_each_svix_header_before_its_webhook_twin_as_the_svix_library_does():
+    # svix.webhooks.Webhook.verify: headers["webhook-id"] = svix-id if present, else webhook-id.
+    both = {**sw_headers(msg_id="msg_ignored", sig="v1,AAAA"), **svix_headers()}
+    assert verify(STANDARD, both, SW_BODY, SW_TS) == SW_ID
+    mixed = {"svix-id": SW_ID, "webhook-timestamp": str(SW_TS), "webhook-signature": SW_SIG}
+    assert verify(STANDARD, mixed, SW_BODY, SW_TS) == SW_ID
+
+
+def test_standard_names_the_svix_headers_it_used_when_a_check_fails():
+    detail = rejected(STANDARD, svix_headers("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA="), SW_BODY, SW_TS)
+    assert detail == "svix-signature: no v1 signature matches svix-id, svix-timestamp and the body"
+    assert rejected(STANDARD, svix_headers(ts="soon"), SW_BODY, SW_TS) == (
+        "svix-timestamp: timestamp is not a unix time in whole seconds")
+    headers = svix_headers()
+    del headers["svix-signature"]
+    assert rejected(STANDARD, headers, SW_BODY, SW_TS) == "svix-signature: header is missing"
+
+
 @pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
 def test_standard_refuses_each_missing_header_by_name(missing):
     headers = sw_headers()
