@@ -248,7 +248,8 @@ class Session(SessionBase):
                             self._on_message("".join(parts))
                         parts, size = [], 0
                 elif isinstance(event, Ping):
-                    self.sub.write(self.ws.send(event.response()))
+                    if self.ws.state is ConnectionState.OPEN:  # (no pong after our close frame)
+                        self.sub.write(self.ws.send(event.response()))
                 elif isinstance(event, Pong):
                     # Only an answer to our ping shows the client reads; an
                     # unsolicited pong (allowed as a heartbeat) shows nothing.

@@ -69,3 +69,33 @@ class Reader:
         got = await self.frame()
         assert got is not None and got[0] is Opcode.TEXT, got
         return json.loads(got[1])  # type: ignore[arg-type]
+
+
+def control(opcode: Opcode, payload: bytes = b"") -> bytes:
+    """A masked control frame (ping or pong), as a client sends it."""
+    proto = FrameProtocol(client=True, extensions=[])
+    return proto.ping(payload) if opcode is Opcode.PING else proto.pong(payload)
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Every (opcode, payload) in a server's unmasked byte stream, including
+    any after a close frame (wsproto stops reading at the close); a partial
+    frame at the end is returned with opcode -1."""
+    out: list[tuple[int, bytes]] = []
+    i = 0
+    while i < len(data):
+        if len(data) - i < 2:
+            out.append((-1, data[i:]))
+            break
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        j = i + 2
+        if n == 126:
+            n, j = int.from_bytes(data[j:j + 2], "big"), j + 2
+        elif n == 127:
+            n, j = int.from_bytes(data[j:j + 8], "big"), j + 8
+        if j + n > len(data):
+            out.append((-1, data[i:]))
+            break
+        out.append((opcode, data[j:j + n]))
+        i = j + n
+    return out
