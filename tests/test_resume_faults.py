@@ -243,3 +243,23 @@ async def test_sigterm_under_load_sends_nothing_after_the_close_frame_or_the_las
     body = bytes(sse_bytes)
     end = body.find(b"\r\n0\r\n\r\n")
     assert end >= 0 and body[end + 7:] == b"", body[end:end + 200]
+
+
+async def test_a_redis_that_refuses_writes_is_not_ready(relays, http, own_redis):
+    """Out of memory with noeviction: Redis answers PING but stores nothing;
+    /readyz must say what a webhook would meet."""
+    import coredis
+
+    own_redis.start()
+    (relay,) = relays(1, redis_store(own_redis.url, "oom:"))
+    await ready(http, relay)
+    async with coredis.Redis.from_url(own_redis.url) as admin:
+        await admin.config_set({"maxmemory-policy": "noeviction", "maxmemory": "1"})
+        try:
+            r = await http.post(f"{relay.base}/hooks/demo", json={"n": 1})
+            assert r.status_code == 503 and "OOM" in r.json()["detail"]
+            assert (await http.get(f"{relay.base}/readyz")).status_code == 503
+        finally:
+            await admin.config_set({"maxmemory": "0"})
+    await ready(http, relay)
+    assert (await http.post(f"{relay.base}/hooks/demo", json={"n": 2})).status_code == 202

@@ -8,6 +8,8 @@ Keys, all under ``store.prefix``:
 - ``<prefix>pruned``: the newest id retention dropped, for gap detection.
 - ``<prefix>dedupe:<delivery key>``: ``"<id> <channel>"`` of the delivery's
   first event, expiring after ``retention_age``.
+- ``<prefix>ready``: written (and expiring) by each readiness check, which
+  must be a write to mean anything.
 - ``<prefix>epoch``: a token written with the log's first entry. A Redis that
   comes back without its data has none, which is how a loss is told from a
   log that merely grew (new ids are later ones either way).
@@ -301,6 +303,8 @@ _CONNECT_TIMEOUT = 2.0
 _BLOCK_MS = 10_000
 _TAIL_COUNT = 1000
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+# The readiness probe's key lives this long (ms).
+_PROBE_TTL_MS = 10_000
 # Entries scanned per XRANGE while filtering channels for a resume.
 _READ_PAGE = 1000
 
@@ -312,6 +316,7 @@ class RedisStore(Store):
         self.stream = config.prefix + "log"
         self.mark = config.prefix + "pruned"
         self.epoch_key = config.prefix + "epoch"
+        self.probe_key = config.prefix + "ready"
         self.where = redacted(config.url)
         self._client: coredis.Redis | None = None  # appends, reads and pings
         self._queue = GroupCommit(base.MAX_BACKLOG)
@@ -614,7 +619,11 @@ class RedisStore(Store):
             return False
         try:
             with trio.fail_after(_CONNECT_TIMEOUT):
-                await client.ping()
+                # A write, not a PING: a Redis out of memory (maxmemory with
+                # noeviction) or refusing writes after a failed save answers
+                # PING but stores nothing, and ready means a webhook would be
+                # stored.
+                await client.set(self.probe_key, self._token, px=_PROBE_TTL_MS)
         except _FAILURES:
             return False
         self._poke.set()
