@@ -16,8 +16,8 @@ import hmac
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import cors, envelope
-from .errors import MethodNotAllowed, NotFound, Unauthorized
+from .core import cors, envelope
+from .core.errors import MethodNotAllowed, NotFound, Unauthorized
 
 if TYPE_CHECKING:
     from .app import App
@@ -54,7 +54,7 @@ def routes_view(app: App) -> dict[str, Any]:
     for (name, status), count in app.webhooks.items():
         by_route.setdefault(name, {})[str(status)] = count
     routes = []
-    for name, route in sorted(app.ingest.routes.items()):
+    for name, route in sorted(app.routes.items()):
         statuses = by_route.get(name, {})
         config = route.config
         routes.append({

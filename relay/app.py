@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import logs
-from .auth import Authenticator, Grant, origin_allowed, presented_token
+from .core.grants import Authenticator, Grant, origin_allowed, presented_token
 from .config import Config
-from .errors import Forbidden, RelayError
+from .core.errors import Forbidden, RelayError
 from .hub import Hub
-from .ingest import Ingest, Route, build_routes
-from .limits import BACKOFF_MAX_S, Backoff, Connections, Throttle, Waiting, plan_files
+from .core.ingest import Route, build_routes
+from .core.limits import BACKOFF_MAX_S, Backoff, Connections, Throttle, Waiting, plan_files
 from .metrics import Metrics
 from .store import Appended, open_store
 from .timers import Timers, tick_every
@@ -78,10 +78,10 @@ class App:
         self.config = config
         self.hub = Hub()
         self.store = open_store(config.store, self.hub.publish)
-        self.ingest = Ingest(build_routes(config), self.store)
+        self.routes = build_routes(config.routes, config.secrets)
         jwt_verifier = None
         if config.jwt_key is not None:
-            from .tokens import JwtVerifier
+            from .core.grants import JwtVerifier
 
             jwt_verifier = (JwtVerifier.from_public_key(config.jwt_key) if config.jwt_is_public
                             else JwtVerifier.from_secret(config.jwt_key))

@@ -23,10 +23,10 @@ def _load(path: str) -> Config:
     config = load(path)
     # Building the routes compiles templates and schemas: errors there are
     # config errors too, so ``check`` and ``serve`` catch them before start.
-    from .ingest import build_routes
+    from .core.ingest import build_routes
 
     try:
-        build_routes(config)
+        build_routes(config.routes, config.secrets)
     except (ValueError, ImportError) as exc:
         raise ConfigError([("routes", str(exc))]) from None
     return config
@@ -51,8 +51,8 @@ async def _serve(config: Config) -> None:
 def _token(args: argparse.Namespace) -> int:
     import time
 
-    from .route import parse_pattern
-    from .tokens import mint
+    from .core.channels import parse_pattern
+    from .core.grants import mint
 
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
     try:

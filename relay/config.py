@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
@@ -252,7 +252,7 @@ def _check_listen(value: str) -> str | None:
 
 
 def _check_template(template: str) -> str | None:
-    from .route import TemplateError, compile_template
+    from .core.channels import TemplateError, compile_template
 
     try:
         compile_template(template)
@@ -262,7 +262,7 @@ def _check_template(template: str) -> str | None:
 
 
 def _check_schema(ref: str) -> str | None:
-    from .schema import load_schema
+    from .core.schema import load_schema
 
     try:
         load_schema(ref)
@@ -411,7 +411,7 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         try:
             with open(auth.jwt_public_key, "rb") as f:
                 jwt_key = f.read()
-            from .tokens import load_public_key
+            from .core.grants import load_public_key
 
             load_public_key(jwt_key)
             jwt_is_public = True

@@ -36,10 +36,10 @@ from urllib.parse import parse_qs, unquote
 
 import trio
 
-from . import cors, envelope, http1
-from .errors import BadRequest, MethodNotAllowed, NotFound, RelayError, TooLarge
-from .errors import RateLimited, Unavailable
-from .ingest import Challenge
+from .core import cors, envelope, http1
+from .core.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, TooLarge
+from .core.errors import RateLimited, Unavailable
+from .core.ingest import Challenge, find_route
 from .sockets import raw_fd, send_now
 from .tls import TlsStream
 
@@ -339,7 +339,7 @@ class HttpConnection:
         self.head = request.method == "HEAD"
         try:
             if request.method == "OPTIONS" and path in cors.PATHS:
-                await cors.answer_preflight(self, request)  # a page on another origin asks first
+                await self._preflight(request)  # a page on another origin asks first
             elif path.startswith("/hooks/"):
                 await self._webhook(request, path[len("/hooks/"):])
             elif path == "/ws":
@@ -373,6 +373,19 @@ class HttpConnection:
         except trio.TooSlowError:
             await self._fail(BadRequest("request body timed out"), status=408)
         return False
+
+    async def _preflight(self, request: Request) -> None:
+        origin = request.headers.get("origin")
+        status, hs = cors.preflight(self.app.config.auth.origins, origin)
+        if status == 403:
+            body = envelope.encode({"error": "forbidden", "detail": f"Origin {(origin or '')[:200]!r} is not allowed"})
+            await self.send(403, body, hs)
+            return
+        # A 204 has no body and so no Content-Length (RFC 9110 8.6), which
+        # ``send`` would add.
+        if self.app.stopping.is_set():
+            hs.append(("connection", "close"))
+        await self.write(self.conn.respond(status, hs))
 
     async def _fail(self, error: RelayError, status: int | None = None) -> None:
         if self.conn.our_state is not http1.SEND_RESPONSE:
@@ -411,7 +424,7 @@ class HttpConnection:
         delivery = None
         try:
             try:
-                route = app.ingest.route(name)
+                route = find_route(app.routes, name)
                 if request.method != "POST":
                     raise MethodNotAllowed(f"{request.method} is not allowed; webhooks are POSTed", "POST")
                 limit = app.config.server.max_body_bytes
@@ -419,12 +432,15 @@ class HttpConnection:
                 if length is not None and length.isdigit() and int(length) > limit:
                     raise TooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
                 body = await self._read_body(limit)
-                appended, delivery = await app.ingest.accept(route, request.headers, body, received, monotonic)
-                if isinstance(appended, Challenge):
-                    await self.send(200, envelope.encode({"challenge": appended.challenge}))
+                route.admit(monotonic)
+                draft = route.prepare(request.headers, body, received)
+                if isinstance(draft, Challenge):
+                    await self.send(200, envelope.encode({"challenge": draft.challenge}))
                     status = 200
-                    appended = None
                     return
+                draft.received = monotonic
+                delivery = draft.delivery
+                (appended,) = await app.store.append([draft])
                 event = appended.event
                 answer = 200 if appended.duplicate else 202
                 await self.send(answer, envelope.encode({"id": event.id, "channel": event.channel,

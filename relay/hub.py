@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
-    from .envelope import Event
+    from .core.envelope import Event
     from .subscriber import Subscriber
 
 _CACHE_LIMIT = 10_000

@@ -16,7 +16,7 @@ from functools import cache
 from importlib.resources import files
 from typing import TYPE_CHECKING
 
-from .errors import MethodNotAllowed
+from .core.errors import MethodNotAllowed
 
 if TYPE_CHECKING:
     from .http import HttpConnection, Request

@@ -34,11 +34,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from .errors import MethodNotAllowed
+from .core.errors import MethodNotAllowed
 
 if TYPE_CHECKING:
     from .app import App
-    from .envelope import Event
+    from .core.envelope import Event
     from .http import HttpConnection, Request
 
 TRANSPORTS = ("ws", "sse")

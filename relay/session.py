@@ -18,7 +18,7 @@ from .subscriber import Subscriber
 
 if TYPE_CHECKING:
     from .app import App
-    from .envelope import Event
+    from .core.envelope import Event
 
 
 class SessionBase:

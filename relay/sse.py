@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import cors, envelope
-from .envelope import Event
-from .errors import BadRequest, MethodNotAllowed, Unavailable
+from .core import cors, envelope
+from .core.envelope import Event
+from .core.errors import BadRequest, MethodNotAllowed, Unavailable
 from .store import StoreUnavailable
 from .session import SessionBase
 from .ws import channels_from_query
 
 if TYPE_CHECKING:
     from .app import App
-    from .auth import Grant
+    from .core.grants import Grant
     from .http import HttpConnection, Request
 
 HEARTBEAT = envelope.http_chunk(b": ping\n\n")

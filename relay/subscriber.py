@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .core.outbox import Outbox, Replay
-from .envelope import Event
+from .core.envelope import Event
 from .sockets import raw_fd, send_now
 from .tls import TlsStream
 

@@ -268,7 +268,7 @@ def signed_headers(preset: str, secret: str | None, body: bytes, now: float, *, 
                    delivery: str | None = None, signature_header: str | None = None, prefix: str = "",
                    encoding: str = "hex", content_type: str = "application/json") -> list[tuple[str, str]]:
     """The headers a sender using ``preset`` would post ``body`` with at ``now``."""
-    from .verify import VerifySpec, sign
+    from .core.verify import VerifySpec, sign
 
     if preset in ("github", "shopify", "standard") and delivery is None:
         delivery = ("msg_" + uuid.uuid4().hex) if preset == "standard" else str(uuid.uuid4())
@@ -371,7 +371,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register tail, forward and send; each sets ``tool`` to its runner."""
-    from .verify import SCHEMES
+    from .core.verify import SCHEMES
 
     def subscriber_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("url", metavar="URL", help="the relay, e.g. http://127.0.0.1:8080")

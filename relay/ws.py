@@ -25,16 +25,16 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.utilities import generate_accept_token
 
-from . import envelope
-from .envelope import Event
-from .errors import BadRequest, MethodNotAllowed, RelayError, Unavailable
+from .core import envelope
+from .core.envelope import Event
+from .core.errors import BadRequest, MethodNotAllowed, RelayError, Unavailable
 from .store import StoreUnavailable
-from .route import parse_pattern
+from .core.channels import parse_pattern
 from .session import SessionBase
 
 if TYPE_CHECKING:
     from .app import App
-    from .auth import Grant
+    from .core.grants import Grant
     from .http import HttpConnection, Request
 
 log = logging.getLogger("relay.ws")

@@ -20,7 +20,7 @@ import trustme
 
 from relay.app import App, serve
 from relay.config import StoreConfig, parse
-from relay.envelope import Draft
+from relay.core.envelope import Draft
 from relay.store import Store, open_store
 
 LISTENING = re.compile(rb"listening on (https?)://([^\s:]+|\[[^\]]+\]):(\d+)")

@@ -10,7 +10,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from conftest import config_text, running_relay
-from relay.auth import Grant, covers
+from relay.core.grants import Grant, covers
 
 AUTH = """
 [auth]

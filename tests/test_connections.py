@@ -17,7 +17,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 import rawws
 from conftest import config_text, running_relay
-from relay.limits import RESERVED_FILES
+from relay.core.limits import RESERVED_FILES
 
 IDLE = 400  # idle plain TCP connections held open, as in the report
 FILES = 256  # the relay's file limit in these tests: fewer than IDLE

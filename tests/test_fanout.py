@@ -11,7 +11,7 @@ import trio
 from conftest import until
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from relay.envelope import Draft, Event, encode_envelope
+from relay.core.envelope import Draft, Event, encode_envelope
 from relay.hub import Hub
 from relay.subscriber import Subscriber
 from relay.ws import gap_frame

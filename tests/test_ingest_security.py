@@ -362,13 +362,14 @@ def test_random_requests_get_a_contract_status_and_nothing_unsigned_is_stored(bo
        skew=st.floats(min_value=-1e6, max_value=1e6))
 def test_the_pure_ingest_step_only_ever_raises_contract_errors(body, headers, route, skew):
     from relay.config import parse
-    from relay.envelope import Draft
-    from relay.errors import RelayError
-    from relay.ingest import build_routes
+    from relay.core.envelope import Draft
+    from relay.core.errors import RelayError
+    from relay.core.ingest import build_routes
 
     routes = _ROUTES.get("r")
     if routes is None:
-        routes = _ROUTES["r"] = build_routes(parse(config_text(PRESETS), env={}))
+        config = parse(config_text(PRESETS), env={})
+        routes = _ROUTES["r"] = build_routes(config.routes, config.secrets)
     lowered = {k.lower(): v for k, v in headers.items()}
     try:
         draft = routes[route].prepare(lowered, body, time.time() + skew)

@@ -21,7 +21,7 @@ from trio_websocket import open_websocket_url
 
 from conftest import config_text, running_relay
 from relay.tools import signed_headers
-from relay.verify import VerifySpec, verify
+from relay.core.verify import VerifySpec, verify
 
 SECRET = "It's a Secret to Everybody"
 GITHUB = f"""

@@ -37,8 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..envelope import Event
-from ..route import matches
+from .envelope import Event
+from .channels import matches
 
 # Control frames a connection may have waiting before it counts as flooding
 # (a client that sends pings or bad messages and never reads the answers).

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import trio
 
 from ..core.outbox import Page
-from ..envelope import Draft, Event
-from ..errors import Unavailable
-from ..route import matches
+from ..core.envelope import Draft, Event
+from ..core.errors import Unavailable
+from ..core.channels import matches
 
 
 class StoreUnavailable(Unavailable):

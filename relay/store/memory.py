@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from ..config import StoreConfig
-from ..envelope import Draft, Event, encode_envelope
+from ..core.envelope import Draft, Event, encode_envelope
 from ..core.outbox import Page
 from .base import Appended, SeqLog, StoreUnavailable, selects
 

@@ -50,7 +50,7 @@ from coredis.exceptions import RedisError
 from coredis.retry import NoRetryPolicy
 
 from ..config import StoreConfig
-from ..envelope import Draft, Event, encode_envelope
+from ..core.envelope import Draft, Event, encode_envelope
 from . import base
 from ..core.outbox import Page
 from .base import Appended, GroupCommit, Store, StoreUnavailable, selects

@@ -31,7 +31,7 @@ import outcome
 import trio
 
 from ..config import StoreConfig
-from ..envelope import Draft, Event, encode_envelope
+from ..core.envelope import Draft, Event, encode_envelope
 from . import base
 from ..core.outbox import Page
 from .base import Appended, Batch, GroupCommit, SeqLog, StoreUnavailable

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay import http1
+from relay.core import http1
 
 
 def read_all(conn: http1.Connection, data: bytes, splits: list[int] | None = None) -> list[object]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import h11
 import pytest
 
-from relay import http1
+from relay.core import http1
 
 CORPUS = json.loads(Path(__file__).with_name("llhttp_requests.json").read_text())
 HOST = b"Host: llhttp.test\r\n"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.limits import RESERVED_FILES, Backoff, Connections, Throttle, Waiting, http_reserve, plan_files
+from relay.core.limits import RESERVED_FILES, Backoff, Connections, Throttle, Waiting, http_reserve, plan_files
 
 
 @pytest.mark.parametrize(("max_connections", "reserve"), [

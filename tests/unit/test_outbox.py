@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from relay.core.outbox import MAX_HOLD_CLEARS, Outbox, Page, Replay
-from relay.envelope import Event
-from relay.route import matches
+from relay.core.envelope import Event
+from relay.core.channels import matches
 
 CHANNELS = ["a.1", "a.2", "b"]
 PATTERNS = ["a.1", "a.*", "b", "*"]

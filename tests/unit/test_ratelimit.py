@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.ratelimit import TokenBucket
+from relay.core.ratelimit import TokenBucket
 
 
 def test_a_fresh_bucket_admits_its_whole_burst_at_once_then_refuses():

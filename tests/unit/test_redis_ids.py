@@ -7,8 +7,8 @@ import json
 import pytest
 
 from relay.config import parse
-from relay.envelope import Draft, encode_envelope
-from relay.errors import ConfigError
+from relay.core.envelope import Draft, encode_envelope
+from relay.core.errors import ConfigError
 from relay.store.redis import (
     chunks,
     envelope_rest,

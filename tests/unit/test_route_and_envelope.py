@@ -7,9 +7,9 @@ import json
 import pytest
 from wsproto.frame_protocol import FrameProtocol
 
-from relay.envelope import Draft, encode_envelope, sse_message, ws_text_frame
-from relay.errors import Invalid
-from relay.route import TemplateError, compile_template, matches, parse_pattern, render
+from relay.core.envelope import Draft, encode_envelope, sse_message, ws_text_frame
+from relay.core.errors import Invalid
+from relay.core.channels import TemplateError, compile_template, matches, parse_pattern, render
 
 
 def test_templates_render_route_headers_and_payload_fields():

@@ -8,8 +8,8 @@ import textwrap
 import msgspec
 import pytest
 
-from relay.errors import BadJson, Invalid
-from relay.schema import Validator, load_schema
+from relay.core.errors import BadJson, Invalid
+from relay.core.schema import Validator, load_schema
 
 GITHUB_PUSH_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -15,8 +15,8 @@ import re
 
 import pytest
 
-from relay.errors import BadSignature
-from relay.verify import VerifySpec, sign, verify
+from relay.core.errors import BadSignature
+from relay.core.verify import VerifySpec, sign, verify
 
 
 def hexmac(key: bytes, message: bytes) -> str:

@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
-from relay.errors import BadJson, Invalid
+from .errors import BadJson, Invalid
 
 __all__ = ["Validator", "load_schema"]
 

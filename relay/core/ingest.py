@@ -1,29 +1,29 @@
-"""From an HTTP request to a stored event: route -> verify -> validate -> channel.
+"""The webhook's pure steps: route -> rate -> verify -> validate -> channel -> draft.
 
-``Route.prepare`` is pure: given the request's headers, body and the time it
-was received, it returns the ``Draft`` to store or raises the ``RelayError``
-the sender gets. The async ``Ingest.accept`` only adds the rate limit and the
-store round trip, so the 202 goes out after the append returns.
+``build_routes`` compiles a config's routes once (templates, signature
+specs, schemas, rate buckets). At ingest, ``Routes.route`` finds a route by
+name, ``Route.admit`` takes a token of its rate, and ``Route.prepare``, given
+the request's headers, body and the time it was received, returns the
+``Draft`` to store or raises the ``RelayError`` the sender gets. Times come
+in as arguments; the store round trip and the answer are the server's
+(``relay.server.webhooks``).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
-from decimal import Decimal
-from urllib.parse import parse_qs
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
+from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 import msgspec
 
-from .config import Config, RouteConfig
+from .channels import Template, compile_template, render
 from .envelope import Draft
-from .errors import BadJson, Invalid, MediaType, NoRoute, RateLimited
+from .errors import BadJson, MediaType, NoRoute, RateLimited
 from .ratelimit import TokenBucket
-from .route import Template, compile_template, render
 from .schema import Validator, load_schema
-from .store import Appended, Store
 from .verify import VerifySpec, verify
 
 _json_decoder = msgspec.json.Decoder()
@@ -67,15 +67,50 @@ class Challenge:
     challenge: str
 
 
+class RouteSettings(Protocol):
+    """What a route's config says (``relay.config.model.RouteConfig`` is one)."""
+
+    @property
+    def channel(self) -> str: ...
+    @property
+    def verify(self) -> str: ...
+    @property
+    def schema(self) -> str | None: ...
+    @property
+    def rate(self) -> float | None: ...
+    @property
+    def burst(self) -> int | None: ...
+    @property
+    def forward_headers(self) -> Sequence[str]: ...
+    @property
+    def accepted(self) -> tuple[str, ...]: ...
+    @property
+    def signature_header(self) -> str | None: ...
+    @property
+    def signature_encoding(self) -> str: ...
+    @property
+    def signature_prefix(self) -> str: ...
+    @property
+    def dedupe_header(self) -> str | None: ...
+
+
 @dataclass(slots=True)
 class Route:
     name: str
-    config: RouteConfig
+    config: RouteSettings
     template: Template
     verifier: VerifySpec | None = None
     validator: Validator | None = None
     bucket: TokenBucket | None = None
     forward: tuple[tuple[str, str], ...] = ()  # (lower-case name, name as configured)
+
+    def admit(self, monotonic: float) -> None:
+        """Take a token of the route's rate at ``monotonic`` seconds, or raise
+        ``RateLimited`` with the wait until one will be there."""
+        if self.bucket is not None:
+            wait = self.bucket.take(monotonic)
+            if wait > 0:
+                raise RateLimited(f"route {self.name!r} takes {self.config.rate:g} webhooks/s", wait)
 
     def prepare(self, headers: Mapping[str, str], body: bytes, now: float) -> Draft | Challenge:
         """Check one webhook and build its draft. ``headers`` are lower-cased.
@@ -134,9 +169,12 @@ class Route:
         )
 
 
-def build_routes(config: Config) -> dict[str, Route]:
+def build_routes(settings: Mapping[str, RouteSettings], secrets: Mapping[str, Sequence[bytes]]) -> dict[str, Route]:
+    """Each route of a config compiled; ``secrets`` by route name (the
+    config loader reads them from the environment). Raises ``ValueError``
+    (or ``ImportError`` for a module:Struct schema) for what cannot compile."""
     routes: dict[str, Route] = {}
-    for name, rc in config.routes.items():
+    for name, rc in settings.items():
         route = Route(
             name=name,
             config=rc,
@@ -146,7 +184,7 @@ def build_routes(config: Config) -> dict[str, Route]:
         if rc.verify != "none":
             route.verifier = VerifySpec(
                 scheme=rc.verify,
-                secrets=config.secrets.get(name, ()),
+                secrets=tuple(secrets.get(name, ())),
                 header=rc.signature_header or "",
                 encoding=rc.signature_encoding,
                 prefix=rc.signature_prefix,
@@ -159,31 +197,8 @@ def build_routes(config: Config) -> dict[str, Route]:
     return routes
 
 
-class Ingest:
-    def __init__(self, routes: dict[str, Route], store: Store, clock: Any = time.time) -> None:
-        self.routes = routes
-        self.store = store
-        self.clock = clock
-
-    def route(self, name: str) -> Route:
-        route = self.routes.get(name)
-        if route is None:
-            raise NoRoute(f"no route named {name[:100]!r}; POST to /hooks/<route> for a route in the config")
-        return route
-
-    async def accept(self, route: Route, headers: Mapping[str, str], body: bytes, received: float,
-                     monotonic: float) -> tuple[Appended | Challenge, str | None]:
-        """Store one webhook; returns the stored (or first) event and its delivery id."""
-        if route.bucket is not None:
-            wait = route.bucket.take(monotonic)
-            if wait > 0:
-                raise RateLimited(f"route {route.name!r} takes {route.config.rate:g} webhooks/s", wait)
-        draft = route.prepare(headers, body, received)
-        if isinstance(draft, Challenge):
-            return draft, None
-        draft.received = monotonic
-        (appended,) = await self.store.append([draft])
-        return appended, draft.delivery
-
-
-__all__ = ["Ingest", "Invalid", "Route", "build_routes", "media_kind"]
+def find_route(routes: Mapping[str, Route], name: str) -> Route:
+    route = routes.get(name)
+    if route is None:
+        raise NoRoute(f"no route named {name[:100]!r}; POST to /hooks/<route> for a route in the config")
+    return route

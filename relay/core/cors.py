@@ -17,18 +17,12 @@ origins is something the operator turns on, because it lets any page a
 visitor opens read what the relay answers that visitor's browser (a relay on
 localhost or an intranet, reachable by the browser and by nobody else).
 
-The header logic is pure; ``answer_preflight`` is the shell's answer.
+Pure: the server writes the answers these functions describe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-from . import envelope
-
-if TYPE_CHECKING:
-    from .http import HttpConnection, Request
 
 PATHS = frozenset({"/sse", "/admin/routes", "/admin/channels"})
 ALLOW_METHODS = "GET"
@@ -65,17 +59,3 @@ def preflight(origins: Sequence[str] | None, origin: str | None) -> tuple[int, l
         return 403, []
     return 204, [*headers(origins, origin), ("access-control-allow-methods", ALLOW_METHODS),
                  ("access-control-allow-headers", ALLOW_HEADERS), ("access-control-max-age", MAX_AGE)]
-
-
-async def answer_preflight(hc: HttpConnection, request: Request) -> None:
-    origin = request.headers.get("origin")
-    status, hs = preflight(hc.app.config.auth.origins, origin)
-    if status == 403:
-        body = envelope.encode({"error": "forbidden", "detail": f"Origin {(origin or '')[:200]!r} is not allowed"})
-        await hc.send(403, body, hs)
-        return
-    # A 204 has no body and so no Content-Length (RFC 9110 8.6), which
-    # ``send`` would add.
-    if hc.app.stopping.is_set():
-        hs.append(("connection", "close"))
-    await hc.write(hc.conn.respond(status, hs))

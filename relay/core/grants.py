@@ -1,6 +1,13 @@
-"""JWT subscriber tokens: verify one into a ``Grant``, or mint one.
+"""Who may subscribe to what: tokens, the channels they grant, browser
+origins, and JWT subscriber tokens.
 
-Pure: ``JwtVerifier.grant(token, now)`` takes the time in, so expiry is
+Pure. ``Authenticator.grant`` turns the presented token into a ``Grant`` (the
+channel patterns it may read, and when it expires) or raises ``Unauthorized``;
+``Grant.permits`` decides whether a requested channel or pattern lies wholly
+inside what was granted. With no tokens configured, subscribing is open.
+JWT verification (``JwtVerifier``) is one more way to produce a ``Grant``.
+
+JWTs: ``JwtVerifier.grant(token, now)`` takes the time in, so expiry is
 checked against the relay's clock, not PyJWT's. The accepted algorithms are
 fixed by the configured key - HS256 for a shared secret, RS256 for an RSA
 public key, ES256 for an EC one - and nothing else: ``alg: none`` and HS/RS
@@ -10,17 +17,104 @@ construction.
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-from .auth import Grant
-from .errors import Unauthorized
-from .route import parse_pattern
+from .channels import parse_pattern
+from .errors import Forbidden, Unauthorized
+
+OPEN = None  # the grant of a relay with no auth configured
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    channels: tuple[str, ...]
+    expires: float | None = None  # unix time, for JWTs
+
+    def permits(self, requested: str) -> bool:
+        return any(covers(allowed, requested) for allowed in self.channels)
+
+    def check(self, requested: Sequence[str]) -> None:
+        for pattern in requested:
+            if not self.permits(pattern):
+                raise Forbidden(f"this token may not read {pattern!r}")
+
+
+def covers(allowed: str, requested: str) -> bool:
+    """True when every channel ``requested`` selects is also selected by ``allowed``."""
+    if allowed == "*":
+        return True
+    if requested == "*":
+        return False
+    if allowed.endswith(".*"):
+        prefix = allowed[:-1]  # "github."
+        return requested.startswith(prefix)
+    return allowed == requested
+
+
+def presented_token(headers: Mapping[str, str], query: Mapping[str, list[str]]) -> str | None:
+    """The token from ``Authorization: Bearer`` or ``token=``."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    values = query.get("token")
+    return values[-1] if values else None
+
+
+def origin_allowed(origins: Sequence[str] | None, origin: str | None) -> bool:
+    """Browsers send Origin; other clients usually don't and are not limited."""
+    if origins is None or origin is None:
+        return True
+    return "*" in origins or origin.rstrip("/") in origins
+
+
+class Authenticator:
+    def __init__(self, tokens: Mapping[str, Sequence[str]], jwt: object | None = None) -> None:
+        self._tokens = [(value.encode(), tuple(channels)) for value, channels in tokens.items()]
+        self.jwt = jwt  # an object with .grant(token, now) -> Grant, raising Unauthorized
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tokens) or self.jwt is not None
+
+    def grant(self, token: str | None, now: float) -> Grant | None:
+        """The grant of ``token``; None (everything) when auth is off."""
+        if not self.enabled:
+            return OPEN
+        if not token:
+            raise Unauthorized("a token is required: Authorization: Bearer <token> or ?token=")
+        presented = token.encode()
+        found: tuple[str, ...] | None = None
+        for value, channels in self._tokens:
+            # Compare against every token, in constant time each.
+            if hmac.compare_digest(value, presented):
+                found = channels
+        if found is not None:
+            return Grant(found)
+        if self.jwt is not None and token.count(".") == 2:
+            return self.jwt.grant(token, now)  # type: ignore[attr-defined]
+        raise Unauthorized("the token is not valid")
+
+
+# -- JWTs ---------------------------------------------------------------------
 
 LEEWAY = 5.0  # seconds of clock skew tolerated on exp and nbf
+
+
+def _pyjwt():  # type: ignore[no-untyped-def]
+    """PyJWT, imported on first use: the one function-level import of the
+    core. Its package loads its JWKS client, and with it urllib.request,
+    socket and ssl, which the core must not load; only a relay configured
+    with a JWT key (or ``relay token``) needs it."""
+    import jwt
+
+    return jwt
 
 
 class KeyError_(ValueError):
@@ -55,6 +149,7 @@ class JwtVerifier:
         return cls(key, algorithm)
 
     def grant(self, token: str, now: float) -> Grant:
+        jwt = _pyjwt()
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -91,6 +186,7 @@ class JwtVerifier:
 
 def mint(key: bytes, channels: list[str], ttl: float, now: float, private_pem: bool = False, subject: str | None = None) -> str:
     """A token for trying the relay: HS256 with a secret, or RS256/ES256 with a PEM private key."""
+    jwt = _pyjwt()
     claims: dict[str, object] = {"channels": channels, "iat": int(now), "exp": int(now + ttl)}
     if subject:
         claims["sub"] = subject

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from relay.errors import BadSignature
+from .errors import BadSignature
 
 SCHEMES = ("none", "hmac-sha256", "github", "stripe", "slack", "shopify", "standard")
 ENCODINGS = ("hex", "base64")
