@@ -13,7 +13,6 @@ never the hot path.
 from __future__ import annotations
 
 import hmac
-import os
 from typing import TYPE_CHECKING, Any
 
 from .core import cors, envelope
@@ -24,18 +23,6 @@ if TYPE_CHECKING:
     from .http import HttpConnection, Request
 
 PATHS = ("/admin/routes", "/admin/channels")
-
-
-def admin_token(app: App) -> bytes | None:
-    """The token the admin views require, b"" when one is configured but unset,
-    None when none is configured."""
-    env = app.config.auth.admin_token_env
-    if env is None:
-        return None
-    # The config loader resolves the variable (``Config.admin_token``); the
-    # environment is the fallback for a loader that does not.
-    token = getattr(app.config, "admin_token", None) or os.environ.get(env, "")
-    return token.encode()
 
 
 def check_token(expected: bytes | None, authorization: str | None) -> None:
@@ -104,7 +91,7 @@ async def answer(hc: HttpConnection, request: Request) -> None:
     # A page on another allowed origin may read the answer, the 401 included.
     shared = cors.headers(app.config.auth.origins, request.headers.get("origin"))
     try:
-        check_token(admin_token(app), request.headers.get("authorization"))
+        check_token(app.config.admin_guard, request.headers.get("authorization"))
     except Unauthorized as error:
         body = envelope.encode({"error": error.code, "detail": error.detail})
         await hc.send(401, body, [("www-authenticate", 'Bearer realm="relay admin"'), *shared])

@@ -23,7 +23,8 @@ import trio
 
 from . import logs
 from .core.grants import Authenticator, Grant, origin_allowed, presented_token
-from .config import Config
+from .config.files import server_context
+from .config.model import Config
 from .core.errors import Forbidden, RelayError
 from .hub import Hub
 from .core.ingest import Route, build_routes
@@ -89,8 +90,6 @@ class App:
         self.trusted_proxies = [ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies]
         self.tls = None
         if config.server.tls is not None:
-            from .tls import server_context
-
             self.tls = server_context(config.server.tls.cert, config.server.tls.key)
         # Wall time that advances with trio's clock (so tests can jump it):
         # token expiry is judged by it.

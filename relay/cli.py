@@ -8,7 +8,9 @@ import sys
 
 import trio
 
-from .config import Config, ConfigError, load
+from .config.load import load
+from .config.model import Config
+from .core.errors import ConfigError
 
 DEFAULT_CONFIG = "config/relay.toml"
 

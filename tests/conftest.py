@@ -19,7 +19,8 @@ import trio
 import trustme
 
 from relay.app import App, serve
-from relay.config import StoreConfig, parse
+from relay.config.load import parse
+from relay.config.model import StoreConfig
 from relay.core.envelope import Draft
 from relay.store import Store, open_store
 

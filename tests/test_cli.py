@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, parse
+from relay.config.load import parse
+from relay.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

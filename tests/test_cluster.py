@@ -23,7 +23,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from conftest import Daemon, config_text, draft, running_store, until
-from relay.config import StoreConfig
+from relay.config.model import StoreConfig
 from relay.store import StoreUnavailable
 from relay.store.redis import RedisStore
 

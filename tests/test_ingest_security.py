@@ -361,7 +361,7 @@ def test_random_requests_get_a_contract_status_and_nothing_unsigned_is_stored(bo
        route=st.sampled_from(["github", "stripe", "slack", "shopify", "standard", "limited"]),
        skew=st.floats(min_value=-1e6, max_value=1e6))
 def test_the_pure_ingest_step_only_ever_raises_contract_errors(body, headers, route, skew):
-    from relay.config import parse
+    from relay.config.load import parse
     from relay.core.envelope import Draft
     from relay.core.errors import RelayError
     from relay.core.ingest import build_routes

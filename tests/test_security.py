@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from conftest import config_text, running_relay
-from relay.config import ConfigError, parse
+from relay.config.load import parse
+from relay.core.errors import ConfigError
 
 SECRET = "a-long-enough-hs256-secret-of-32-bytes-or-more"
 

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from conftest import draft, running_store
-from relay.config import StoreConfig
+from relay.config.model import StoreConfig
 from relay.store import open_store
 from relay.store.sqlite import SqliteStore
 

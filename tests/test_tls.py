@@ -22,7 +22,8 @@ from wsproto.frame_protocol import Opcode
 
 import rawws
 from conftest import config_text, running_relay, until
-from relay.tls import TlsStream, server_context
+from relay.config.files import server_context
+from relay.tls import TlsStream
 
 PAD = "x" * 4000
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import StoreConfig
+from ..config.model import StoreConfig
 from .base import Appended, Store, StoreUnavailable
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from ..config import StoreConfig
+from ..config.model import StoreConfig
 from ..core.envelope import Draft, Event, encode_envelope
 from ..core.outbox import Page
 from .base import Appended, SeqLog, StoreUnavailable, selects

@@ -42,14 +42,14 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
 
 import coredis
 import trio
 from coredis.exceptions import RedisError
 from coredis.retry import NoRetryPolicy
 
-from ..config import StoreConfig
+from ..config.files import redacted
+from ..config.model import StoreConfig
 from ..core.envelope import Draft, Event, encode_envelope
 from . import base
 from ..core.outbox import Page
@@ -114,37 +114,6 @@ def chunks(drafts: list[Draft], most: int, size: int) -> list[list[Draft]]:
 
 def join_envelope(event_id: str, rest: bytes) -> bytes:
     return _ID_HEAD + b'"' + event_id.encode() + b'"' + rest
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
-
-
-def url_problem(url: str) -> str | None:
-    """Why ``url`` is not a Redis URL this engine can use, or None."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        return f"{redacted(url)!r}: {exc}"
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        return f"{redacted(url)!r}: expected redis://HOST:PORT/DB, rediss://… or unix:///path"
-    if parts.scheme == "unix":
-        return None if parts.path else f"{redacted(url)!r}: unix:// needs the socket's path"
-    if not parts.hostname:
-        return f"{redacted(url)!r}: no host"
-    if port == 0:
-        return f"{redacted(url)!r}: port 0"
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        return f"{redacted(url)!r}: the path names the database, a number (got {db!r})"
-    return None
 
 
 # Lua runs atomically, so dedupe, XADD and trimming of a whole batch see one

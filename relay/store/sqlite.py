@@ -30,7 +30,7 @@ from typing import Any
 import outcome
 import trio
 
-from ..config import StoreConfig
+from ..config.model import StoreConfig
 from ..core.envelope import Draft, Event, encode_envelope
 from . import base
 from ..core.outbox import Page

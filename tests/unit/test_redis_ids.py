@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from relay.config import parse
+from relay.config.files import redacted, url_problem
+from relay.config.load import parse
 from relay.core.envelope import Draft, encode_envelope
 from relay.core.errors import ConfigError
 from relay.store.redis import (
@@ -15,8 +16,6 @@ from relay.store.redis import (
     format_stream_id,
     join_envelope,
     parse_stream_id,
-    redacted,
-    url_problem,
 )
 
 

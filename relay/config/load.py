@@ -1,4 +1,4 @@
-"""The config file: TOML decoded by msgspec into frozen Structs.
+"""Loading the config file: TOML decoded into the Structs of ``model.py``, every problem collected.
 
 One run of ``relay check`` names every problem it can find, each with its key.
 msgspec stops at the first error of a decode, so a section that fails is
@@ -13,122 +13,26 @@ rule about a key that was already reported as bad is not checked again.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
 import tomllib
 import types
 import typing
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Struct
 
-from .core.errors import ConfigError
+from ..core.channels import TemplateError, compile_template, parse_pattern
+from ..core.errors import ConfigError
+from ..core.schema import load_schema
+from . import files
+from .model import AuthConfig, Config, DeliveryConfig, LogConfig, RouteConfig, ServerConfig, StoreConfig
 
-PositiveFloat = Annotated[float, Meta(gt=0)]
-PositiveInt = Annotated[int, Meta(gt=0)]
-
-CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 ROUTE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-
-SCHEMES = ("none", "hmac-sha256", "github", "stripe", "slack", "shopify", "standard")
-
-
-class _Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class TLSConfig(_Section):
-    cert: str
-    key: str
-
-
-class ServerConfig(_Section):
-    listen: str = "127.0.0.1:8080"
-    max_body_bytes: PositiveInt = 1_048_576
-    max_connections: PositiveInt = 10_000
-    shutdown_grace: PositiveFloat = 10.0
-    ping_interval: PositiveFloat = 20.0
-    # Proxies (addresses or networks) whose X-Forwarded-For is believed for
-    # the client address in logs. Empty: only the socket's peer is logged.
-    trusted_proxies: list[str] = []
-    tls: TLSConfig | None = None
-
-
-class LogConfig(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["text", "json"] = "text"
-
-
-class StoreConfig(_Section):
-    engine: Literal["sqlite", "memory", "redis"] = "sqlite"
-    path: str = "var/relay.db"
-    url: str = "redis://127.0.0.1:6379/0"
-    prefix: str = "relay:"
-    retention: PositiveInt = 100_000
-    retention_age: PositiveFloat = 86_400.0
-
-
-class DeliveryConfig(_Section):
-    queue: PositiveInt = 1024
-    slow_consumer: Literal["disconnect", "drop"] = "disconnect"
-
-
-class TokenConfig(_Section):
-    channels: list[str]
-    token_env: str | None = None
-    token: str | None = None
-
-
-class AuthConfig(_Section):
-    tokens: list[TokenConfig] = []
-    jwt_secret_env: str | None = None
-    jwt_public_key: str | None = None
-    origins: list[str] | None = None
-    admin_token_env: str | None = None
-
-
-class RouteConfig(_Section):
-    channel: str = "{route}"
-    verify: Literal["none", "hmac-sha256", "github", "stripe", "slack", "shopify", "standard"] = "none"
-    # One secret, or several while a sender rotates them (any may match).
-    secret_env: str | list[str] | None = None
-    secret: str | list[str] | None = None
-    schema: str | None = None
-    rate: PositiveFloat | None = None
-    burst: PositiveInt | None = None
-    forward_headers: list[str] = []
-    # Default: ["json"], and ["json", "form"] for the slack preset (slash
-    # commands and interactivity post forms); see ``accepted``.
-    accept: list[Literal["json", "form"]] | None = None
-    signature_header: str | None = None
-    signature_encoding: Literal["hex", "base64"] = "hex"
-    signature_prefix: str = ""
-    dedupe_header: str | None = None
-
-    @property
-    def accepted(self) -> tuple[str, ...]:
-        if self.accept is not None:
-            return tuple(self.accept)
-        return ("json", "form") if self.verify == "slack" else ("json",)
-
-
-class Config(Struct, frozen=True, kw_only=True):
-    server: ServerConfig = ServerConfig()
-    log: LogConfig = LogConfig()
-    store: StoreConfig = StoreConfig()
-    delivery: DeliveryConfig = DeliveryConfig()
-    auth: AuthConfig = AuthConfig()
-    routes: dict[str, RouteConfig] = {}
-    # Filled in by ``parse``: secrets read from the environment, by route name;
-    # subscriber tokens (value -> channel patterns); the admin token.
-    secrets: dict[str, tuple[bytes, ...]] = {}
-    tokens: dict[str, tuple[str, ...]] = {}
-    admin_token: str | None = None
-    jwt_key: bytes | None = None  # the HS256 secret, or the PEM public key
-    jwt_is_public: bool = False
-
 
 _SECTIONS: dict[str, type[Struct]] = {
     "server": ServerConfig,
@@ -233,9 +137,6 @@ def _listed(value: str | list[str] | None) -> list[str]:
 
 
 def _standard_secret_ok(secret: bytes) -> bool:
-    import base64
-    import binascii
-
     try:
         return bool(base64.b64decode(secret.removeprefix(b"whsec_"), validate=True))
     except (binascii.Error, ValueError):
@@ -252,8 +153,6 @@ def _check_listen(value: str) -> str | None:
 
 
 def _check_template(template: str) -> str | None:
-    from .core.channels import TemplateError, compile_template
-
     try:
         compile_template(template)
     except TemplateError as exc:
@@ -262,8 +161,6 @@ def _check_template(template: str) -> str | None:
 
 
 def _check_schema(ref: str) -> str | None:
-    from .core.schema import load_schema
-
     try:
         load_schema(ref)
     except (ValueError, ImportError) as exc:
@@ -354,25 +251,10 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         secrets[name] = tuple(found)
 
     store: StoreConfig = parts.get("store", StoreConfig())  # type: ignore[assignment]
-    if store.engine == "redis":
-        from .store.redis import url_problem
-
-        if (why := url_problem(store.url)) is not None:
-            problems.append(("store.url", why))
+    if store.engine == "redis" and (why := files.url_problem(store.url)) is not None:
+        problems.append(("store.url", why))
     if server.tls is not None:
-        missing = False
-        for field in ("cert", "key"):
-            path = getattr(server.tls, field)
-            if not os.path.isfile(path):
-                problems.append((f"server.tls.{field}", f"{path!r}: file not found"))
-                missing = True
-        if not missing:
-            from .tls import TLSConfigError, server_context
-
-            try:
-                server_context(server.tls.cert, server.tls.key)
-            except TLSConfigError as exc:
-                problems.append((f"server.tls.{exc.field}", str(exc)))
+        problems.extend(files.tls_problems(server.tls.cert, server.tls.key))
 
     auth: AuthConfig = parts.get("auth", AuthConfig())  # type: ignore[assignment]
     tokens: dict[str, tuple[str, ...]] = {}
@@ -387,7 +269,9 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
             problems.append((f"{key}.token_env", f"environment variable {tc.token_env} is not set"))
             continue
         for pattern in tc.channels:
-            if not _pattern_ok(pattern):
+            try:
+                parse_pattern(pattern)
+            except ValueError:
                 problems.append((f"{key}.channels", f"{pattern!r} is not a channel name or pattern"))
         tokens[value] = tuple(tc.channels)
     admin_token = None
@@ -408,17 +292,10 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         else:
             jwt_key = value.encode()
     elif auth.jwt_public_key is not None:
-        try:
-            with open(auth.jwt_public_key, "rb") as f:
-                jwt_key = f.read()
-            from .core.grants import load_public_key
-
-            load_public_key(jwt_key)
-            jwt_is_public = True
-        except OSError as exc:
-            problems.append(("auth.jwt_public_key", f"{auth.jwt_public_key!r}: {exc.strerror}"))
-        except ValueError as exc:
-            problems.append(("auth.jwt_public_key", f"{auth.jwt_public_key!r}: {exc}"))
+        jwt_key, why = files.read_public_key(auth.jwt_public_key)
+        if why is not None:
+            problems.append(("auth.jwt_public_key", why))
+        jwt_is_public = jwt_key is not None
     for i, origin in enumerate(auth.origins or []):
         if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
             problems.append((f"auth.origins[{i}]", f"{origin!r}: expected scheme://host[:port], no path"))
@@ -427,12 +304,6 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         raise ConfigError(problems)
     return Config(routes=routes, secrets=secrets, tokens=tokens, admin_token=admin_token, jwt_key=jwt_key,
                   jwt_is_public=jwt_is_public, **parts)  # type: ignore[arg-type]
-
-
-def _pattern_ok(pattern: str) -> bool:
-    if pattern == "*":
-        return True
-    return bool(CHANNEL_RE.match(pattern[:-2] if pattern.endswith(".*") else pattern))
 
 
 def load(path: str, env: dict[str, str] | None = None) -> Config:
