@@ -17,7 +17,7 @@ import trio
 from .core import cors, envelope
 from .core.envelope import Event
 from .core.errors import BadRequest, MethodNotAllowed, Unavailable
-from .store import StoreUnavailable
+from .core.errors import StoreUnavailable
 from .session import SessionBase
 from .ws import channels_from_query
 

@@ -28,7 +28,7 @@ from wsproto.utilities import generate_accept_token
 from .core import envelope
 from .core.envelope import Event
 from .core.errors import BadRequest, MethodNotAllowed, RelayError, Unavailable
-from .store import StoreUnavailable
+from .core.errors import StoreUnavailable
 from .core.channels import parse_pattern
 from .session import SessionBase
 

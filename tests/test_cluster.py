@@ -24,7 +24,7 @@ from trio_websocket import open_websocket_url
 
 from conftest import Daemon, config_text, draft, running_store, until
 from relay.config.model import StoreConfig
-from relay.store import StoreUnavailable
+from relay.core.errors import StoreUnavailable
 from relay.store.redis import RedisStore
 
 SHARED = ("127.0.0.1", 6379)

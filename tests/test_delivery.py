@@ -167,9 +167,9 @@ async def test_a_client_flooding_subscribe_messages_is_closed(relay):
 
 
 async def test_ingest_answers_503_with_retry_after_only_when_the_store_falls_behind(tmp_path, http, monkeypatch):
-    from relay.store import base
+    from relay.store import commit
 
-    monkeypatch.setattr(base, "MAX_BACKLOG", 5)
+    monkeypatch.setattr(commit, "MAX_BACKLOG", 5)
     text = config_text(store=f'engine = "sqlite"\npath = "{tmp_path}/r.db"')
     async with running_relay(text) as relay:
         store = relay.app.store

@@ -17,7 +17,7 @@ from wsproto.frame_protocol import Opcode
 
 import rawws
 from conftest import config_text, running_relay, until
-from relay.store import StoreUnavailable
+from relay.core.errors import StoreUnavailable
 from relay.core.outbox import CONTROL_LIMIT
 from test_cluster import Listener, own_redis, post, prefix, ready, redis_store, relays, shared_redis  # noqa: F401
 

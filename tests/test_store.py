@@ -148,7 +148,7 @@ async def test_sqlite_group_commit_puts_concurrent_webhooks_in_shared_transactio
 
 
 async def test_sqlite_append_after_close_is_refused_as_unavailable(tmp_path):
-    from relay.store import StoreUnavailable
+    from relay.core.errors import StoreUnavailable
 
     async with opened("sqlite", tmp_path) as store:
         pass
@@ -157,7 +157,7 @@ async def test_sqlite_append_after_close_is_refused_as_unavailable(tmp_path):
 
 
 async def test_sqlite_a_failed_commit_refuses_only_its_webhooks(tmp_path):
-    from relay.store import StoreUnavailable
+    from relay.core.errors import StoreUnavailable
 
     published: list = []
     async with opened("sqlite", tmp_path, published) as store:

@@ -9,7 +9,7 @@ payload. Subscriptions are channel names or prefix patterns (``github.*``,
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,3 +118,8 @@ def matches(pattern: str, channel: str) -> bool:
     if pattern.endswith(".*"):
         return channel.startswith(pattern[:-1])
     return pattern == channel
+
+
+def selects(patterns: Sequence[str], channel: str) -> bool:
+    """Does one of ``patterns`` select ``channel``?"""
+    return any(matches(p, channel) for p in patterns)

@@ -96,6 +96,13 @@ class Unavailable(RelayError):
         self.retry_after = retry_after
 
 
+class StoreUnavailable(Unavailable):
+    """The event store cannot take or give events now (a 503, retry soon)."""
+
+    def __init__(self, detail: str = "the event store is not answering") -> None:
+        super().__init__(detail, retry_after=1.0)
+
+
 class ConfigError(Exception):
     """A config problem: ``problems`` lists (key, message) pairs, all of them."""
 

@@ -2,8 +2,9 @@
 
 Engines share one shape (``base.Store``): ``append`` takes drafts and returns
 their stored events (or the first event of a duplicate delivery) only once they
-are durable; ``read`` serves resumes; ``publish`` is called with each committed
-batch in log order, so the hub sees events in exactly the store's order.
+are durable; ``read_page`` serves resumes; ``publish`` is called with each
+committed batch in log order, so the hub sees events in exactly the store's
+order. ``commit.GroupCommit`` is the group commit the durable engines share.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config.model import StoreConfig
-from .base import Appended, Store, StoreUnavailable
+from .base import Appended, Store
 
 
 def open_store(config: StoreConfig, publish: Callable[[list], None]) -> Store:
+    """The configured engine. Each is imported here, when chosen, rather than
+    at the top: the redis engine loads coredis and anyio, the sqlite engine
+    sqlite3 and a thread, and a relay needs only the one it runs."""
     if config.engine == "memory":
         from .memory import MemoryStore
 
@@ -30,4 +34,4 @@ def open_store(config: StoreConfig, publish: Callable[[list], None]) -> Store:
     raise NotImplementedError(f"store.engine = {config.engine!r} is not available yet")
 
 
-__all__ = ["Appended", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["Appended", "Store", "open_store"]

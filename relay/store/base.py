@@ -1,4 +1,5 @@
-"""What every store engine offers, and the pure rules they share."""
+"""What every store engine offers (``Store``), what an append returns
+(``Appended``), and what the embedded engines share (``SeqLog``)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,8 @@ from dataclasses import dataclass
 
 import trio
 
-from ..core.outbox import Page
 from ..core.envelope import Draft, Event
-from ..core.errors import Unavailable
-from ..core.channels import matches
-
-
-class StoreUnavailable(Unavailable):
-    def __init__(self, detail: str = "the event store is not answering") -> None:
-        super().__init__(detail, retry_after=1.0)
+from ..core.outbox import Page
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,75 +25,6 @@ def parse_seq(event_id: str) -> int:
     if not event_id.isdigit() or len(event_id) > 19:
         raise ValueError(f"{event_id[:40]!r} is not an event id of this relay")
     return int(event_id)
-
-
-def selects(patterns: Sequence[str], channel: str) -> bool:
-    return any(matches(p, channel) for p in patterns)
-
-
-# Webhooks waiting for the next commit before ingest answers 503. One commit
-# of this many takes well under a second on any disk that fsyncs at all.
-MAX_BACKLOG = 10_000
-
-
-class Batch:
-    __slots__ = ("drafts", "done", "results", "error")
-
-    def __init__(self) -> None:
-        self.drafts: list[Draft] = []
-        self.done = trio.Event()
-        self.results: list[Appended] = []
-        self.error: BaseException | None = None
-
-
-class GroupCommit:
-    """Webhooks waiting for an engine's next write (group commit).
-
-    ``join`` adds drafts to the open batch and waits until the engine's
-    writer has stored that whole batch; the writer takes batches with
-    ``next``. Every webhook that arrives while a write is in progress joins
-    the next one, so one round trip (one fsync) serves them all.
-    """
-
-    def __init__(self, backlog: int) -> None:
-        self.backlog = backlog
-        self.closing = False
-        self._batch = Batch()
-        self._wake = trio.Event()
-
-    async def join(self, drafts: Sequence[Draft]) -> list[Appended]:
-        batch = self._batch
-        if len(batch.drafts) >= self.backlog:
-            # The store cannot keep up: refuse (503 + Retry-After) rather than
-            # hold ever more webhooks in memory without an acknowledgement.
-            raise StoreUnavailable(f"the event store is behind ({len(batch.drafts)} webhooks waiting to commit)")
-        start = len(batch.drafts)
-        batch.drafts.extend(drafts)
-        self._wake.set()
-        await batch.done.wait()
-        if batch.error is not None:
-            raise batch.error
-        return batch.results[start : start + len(drafts)]
-
-    async def next(self) -> Batch | None:
-        """The batch to write next; None once closing with nothing pending."""
-        while not self._batch.drafts:
-            if self.closing:
-                return None
-            await self._wake.wait()
-            self._wake = trio.Event()
-        batch, self._batch = self._batch, Batch()
-        return batch
-
-    def close(self) -> None:
-        self.closing = True
-        self._wake.set()
-
-    def fail_pending(self, why: str) -> None:
-        batch = self._batch
-        if batch.drafts and not batch.done.is_set():
-            batch.error = StoreUnavailable(why)
-            batch.done.set()
 
 
 class Store:

@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 import trio
 
 from ..config.model import StoreConfig
+from ..core.channels import selects
 from ..core.envelope import Draft, Event, encode_envelope
+from ..core.errors import StoreUnavailable
 from ..core.outbox import Page
-from .base import Appended, SeqLog, StoreUnavailable, selects
+from .base import Appended, SeqLog
 
 
 class MemoryStore(SeqLog):

@@ -32,9 +32,10 @@ import trio
 
 from ..config.model import StoreConfig
 from ..core.envelope import Draft, Event, encode_envelope
-from . import base
+from ..core.errors import StoreUnavailable
 from ..core.outbox import Page
-from .base import Appended, Batch, GroupCommit, SeqLog, StoreUnavailable
+from .base import Appended, SeqLog
+from .commit import Batch, GroupCommit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -166,7 +167,7 @@ class SqliteStore(SeqLog):
         self.config = config
         self.publish = publish
         self.path = config.path
-        self._queue = GroupCommit(base.MAX_BACKLOG)
+        self._queue = GroupCommit()
         self._running = False
         self._stopped = trio.Event()
         self._writer: sqlite3.Connection | None = None

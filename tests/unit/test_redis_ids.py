@@ -1,4 +1,5 @@
-"""Pure pieces of the Redis engine: stream ids, the stored envelope, URLs."""
+"""Pure pieces of the Redis engine: stream ids, the stored envelope, URLs
+(the URL check lives with the config, which must not load the engine)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from relay.config.files import redacted, url_problem
 from relay.config.load import parse
 from relay.core.envelope import Draft, encode_envelope
 from relay.core.errors import ConfigError
-from relay.store.redis import (
+from relay.store.redis_ids import (
     chunks,
     envelope_rest,
     format_stream_id,
