@@ -40,8 +40,8 @@ from .core import cors, envelope, http1
 from .core.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, TooLarge
 from .core.errors import RateLimited, Unavailable
 from .core.ingest import Challenge, find_route
-from .sockets import raw_fd, send_now
-from .tls import TlsStream
+from .net.sockets import raw_fd, send_now
+from .net.tls import TlsStream
 
 if TYPE_CHECKING:
     from .app import App

@@ -95,7 +95,7 @@ class _AppCollector(Collector):
         yield subscribers
         yield GaugeMetricFamily("relay_channels", "Channels that carried an event since the start (bounded table).",
                                 value=len(app.hub.channels))
-        c = app.connections
+        c = app.listener.connections
         connections = GaugeMetricFamily("relay_connections", "Open connections: plain HTTP, and subscribers.",
                                         labels=["kind"])
         connections.add_metric(["http"], c.http)
@@ -104,9 +104,9 @@ class _AppCollector(Collector):
         yield GaugeMetricFamily("relay_connections_max", "Connections held at most (max_connections, or what "
                                 "the file limit fits).", value=c.limit)
         yield CounterMetricFamily("relay_idle_closed", "Connections waiting for a request closed to make room "
-                                  "for a new one.", value=app.idle_closed)
+                                  "for a new one.", value=app.listener.idle_closed)
         yield CounterMetricFamily("relay_accept_failures", "Accepts that failed for want of descriptors or memory.",
-                                  value=app.accept_failures)
+                                  value=app.listener.accept_failures)
 
 
 class Metrics:

@@ -22,8 +22,8 @@ import trio
 
 from .core.outbox import Outbox, Replay
 from .core.envelope import Event
-from .sockets import raw_fd, send_now
-from .tls import TlsStream
+from .net.sockets import raw_fd, send_now
+from .net.tls import TlsStream
 
 if TYPE_CHECKING:
     from .store import Store

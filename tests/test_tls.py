@@ -23,7 +23,7 @@ from wsproto.frame_protocol import Opcode
 import rawws
 from conftest import config_text, running_relay, until
 from relay.config.files import server_context
-from relay.tls import TlsStream
+from relay.net.tls import TlsStream
 
 PAD = "x" * 4000
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 import trio
 
-from relay.sockets import send_now
+from relay.net.sockets import send_now
 
 
 def test_a_full_socket_buffer_takes_nothing_and_is_not_an_error():
