@@ -24,7 +24,7 @@ from .core.grants import Authenticator, Grant, origin_allowed, presented_token
 from .config.files import server_context
 from .config.model import Config
 from .core.errors import Forbidden, RelayError
-from .hub import Hub
+from .fanout.hub import Hub
 from .core.ingest import Route, build_routes
 from .metrics import Metrics
 from .net.listener import Listener, fit_file_limit, split_listen, tune_subscriber

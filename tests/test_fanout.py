@@ -12,7 +12,7 @@ from conftest import until
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from relay.core.envelope import Draft, Event, encode_envelope
-from relay.hub import Hub
+from relay.fanout.hub import Hub
 from relay.subscriber import Subscriber
 from relay.ws import gap_frame
 

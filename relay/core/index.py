@@ -1,16 +1,17 @@
-"""Fan-out: which subscribers get an event.
+"""Which subscribers get an event, and how a batch of events is cut into
+runs: the hub's rules, without its task (``relay.fanout.hub``).
 
-The hub maps channel names and prefix patterns to subscribers and hands each
-published event to every subscriber that selects it, once, in publish order.
+The index maps channel names and prefix patterns to subscribers
+(``Outbox``es): ``targets`` lists every subscriber that selects a channel,
+once, and is cached per channel until the subscriptions change.
 
-Publishing only queues: ``publish`` is called by the store with committed
-events and returns at once, so a webhook's 202 never waits for the fan-out.
-The hub's flusher task takes everything published since its last pass and
-cuts it into runs of consecutive events that go to the same subscribers (one
-channel, usually); each subscriber gets a whole run in one write of the run's
-joined frames (``Subscriber.offer_many``). Under load runs grow by themselves,
-and the cost per frame falls to a fraction of a syscall. The list of targets
-of a channel is cached until the subscriptions change.
+A batch of published events is handed out run by run: ``cut`` finds the end
+of a run of consecutive events that go to the same subscribers (one channel,
+usually), at most ``RUN_EVENTS`` events or about ``RUN_BYTES``; ``fan_out``
+gives each target the whole run at once (``Outbox.offer_many`` with the
+run's frames joined once per transport and shared), counts the channels'
+events, and moves ``head``. Under load runs grow by themselves, and the cost
+per frame falls to a fraction of a syscall.
 
 ``head`` is the id of the newest event whose fan-out is done: a subscriber
 that joins now receives every later event live, which is why the welcome
@@ -20,21 +21,14 @@ frame names it rather than the store's head.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
-import trio
-
-if TYPE_CHECKING:
-    from .core.envelope import Event
-    from .subscriber import Subscriber
+from .envelope import Event
+from .outbox import Outbox
 
 _CACHE_LIMIT = 10_000
 # A run is cut at this many events or bytes, so one write stays modest.
 RUN_EVENTS = 64
 RUN_BYTES = 256 * 1024
-# Subscriber writes between two yields of the flusher: ingest and the
-# connections' own tasks get the loop at least this often.
-WRITES_PER_YIELD = 2000
 
 
 class ChannelStats:
@@ -45,33 +39,31 @@ class ChannelStats:
         self.last_id = ""
 
 
-class Hub:
+class Index:
     def __init__(self) -> None:
-        self._exact: dict[str, set[Subscriber]] = {}
-        self._prefix: dict[str, set[Subscriber]] = {}  # "github." -> subscribers
-        self._all: set[Subscriber] = set()
-        self._cache: dict[str, tuple[Subscriber, ...]] = {}
+        self._exact: dict[str, set[Outbox]] = {}
+        self._prefix: dict[str, set[Outbox]] = {}  # "github." -> subscribers
+        self._all: set[Outbox] = set()
+        self._cache: dict[str, tuple[Outbox, ...]] = {}
         self.channels: dict[str, ChannelStats] = {}
         self.published = 0
         self.head = ""
-        self._pending: list[Event] = []
-        self._wake = trio.lowlevel.ParkingLot()
         # Called once per live event that had subscribers, after the fan-out
-        # (relay.metrics times delivery there, not per subscriber).
+        # (the server's metrics time delivery there, not per subscriber).
         self.on_published: Callable[[Event], None] | None = None
 
-    def _bucket(self, pattern: str) -> set[Subscriber]:
+    def _bucket(self, pattern: str) -> set[Outbox]:
         if pattern == "*":
             return self._all
         if pattern.endswith(".*"):
             return self._prefix.setdefault(pattern[:-1], set())
         return self._exact.setdefault(pattern, set())
 
-    def add(self, sub: Subscriber, pattern: str) -> None:
+    def add(self, sub: Outbox, pattern: str) -> None:
         self._bucket(pattern).add(sub)
         self._cache.clear()
 
-    def discard(self, sub: Subscriber, pattern: str) -> None:
+    def discard(self, sub: Outbox, pattern: str) -> None:
         bucket = self._bucket(pattern)
         bucket.discard(sub)
         if not bucket and pattern != "*":
@@ -81,15 +73,15 @@ class Hub:
                 del self._exact[pattern]
         self._cache.clear()
 
-    def remove(self, sub: Subscriber, patterns: Iterable[str]) -> None:
+    def remove(self, sub: Outbox, patterns: Iterable[str]) -> None:
         for pattern in list(patterns):
             self.discard(sub, pattern)
 
-    def targets(self, channel: str) -> tuple[Subscriber, ...]:
+    def targets(self, channel: str) -> tuple[Outbox, ...]:
         cached = self._cache.get(channel)
         if cached is not None:
             return cached
-        found: dict[Subscriber, None] = dict.fromkeys(self._exact.get(channel, ()))
+        found: dict[Outbox, None] = dict.fromkeys(self._exact.get(channel, ()))
         for prefix, subs in self._prefix.items():
             if channel.startswith(prefix):
                 found.update(dict.fromkeys(subs))
@@ -103,32 +95,9 @@ class Hub:
     def subscriber_count(self, channel: str) -> int:
         return len(self.targets(channel))
 
-    def publish(self, events: Iterable[Event]) -> None:
-        """Queue committed events for fan-out, in log order; never waits."""
-        self._pending.extend(events)
-        self._wake.unpark()
-
-    async def run(self) -> None:
-        """The flusher: fan out everything published, run by run."""
-        while True:
-            while not self._pending:
-                await self._wake.park()
-            # One more scheduler pass before fanning out: webhooks whose
-            # commits are ready join this batch, and each subscriber gets
-            # more events per write (fewer syscalls per frame under load).
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            batch, self._pending = self._pending, []
-            writes = 0
-            start = 0
-            while start < len(batch):
-                end = self._run_end(batch, start)
-                writes += self._fan_out(batch[start:end])
-                start = end
-                if writes >= WRITES_PER_YIELD:
-                    writes = 0
-                    await trio.lowlevel.checkpoint()
-
-    def _run_end(self, batch: list[Event], start: int) -> int:
+    def cut(self, batch: list[Event], start: int) -> int:
+        """The end of the run that starts at ``batch[start]``: the events
+        after it with the same targets, within the run's bounds."""
         targets = self.targets(batch[start].channel)
         size = len(batch[start].envelope)
         end = start + 1
@@ -140,8 +109,9 @@ class Hub:
             end += 1
         return end
 
-    def _fan_out(self, run: list[Event]) -> int:
-        """Hand ``run`` (events with the same targets) to each target at once."""
+    def fan_out(self, run: list[Event]) -> int:
+        """Hand ``run`` (events with the same targets) to each target at
+        once; the number of targets (each one write, at most)."""
         for event in run:
             stats = self.channels.get(event.channel)
             if stats is None:
