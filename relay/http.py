@@ -24,15 +24,11 @@ connection.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, unquote
 
 import trio
 
@@ -40,6 +36,7 @@ from .core import cors, envelope, http1
 from .core.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, TooLarge
 from .core.errors import RateLimited, Unavailable
 from .core.ingest import Challenge, find_route
+from .core.request import Request, forwarded_client, request_of
 from .net.sockets import raw_fd, send_now
 from .net.tls import TlsStream
 
@@ -65,26 +62,6 @@ ANSWER_MARGIN = 0.5
 CLIENT_GONE = 499
 
 
-@dataclass(slots=True)
-class Request:
-    method: str
-    target: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
-
-
-def _request(event: http1.Request) -> Request:
-    raw_path, _, raw_query = event.origin.partition("?")
-    return Request(
-        method=event.method,
-        target=event.target,
-        path=unquote(raw_path) if "%" in raw_path else raw_path,
-        query=parse_qs(raw_query, keep_blank_values=True) if raw_query else {},
-        headers=event.headers,
-    )
-
-
 def end_body_reads(app: App, deadline: float) -> None:
     """At shutdown (``app.serve``), with the connections to be cancelled at
     ``deadline``: a webhook whose body is still arriving a margin before then
@@ -94,25 +71,6 @@ def end_body_reads(app: App, deadline: float) -> None:
     app.body_end = deadline - min(ANSWER_MARGIN, (deadline - trio.current_time()) / 2)
     for scope in list(app.reading):
         scope.deadline = min(scope.deadline, app.body_end)
-
-
-def forwarded_client(peer: str, forwarded_for: str | None, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
-    """Walk X-Forwarded-For from the nearest hop while hops are trusted proxies."""
-    def is_trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.strip())
-        except ValueError:
-            return False
-        return any(ip in network for network in trusted)
-
-    if not forwarded_for or not is_trusted(peer):
-        return peer
-    client = peer
-    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-        client = hop
-        if not is_trusted(hop):
-            break
-    return client
 
 
 class HttpConnection:
@@ -274,7 +232,7 @@ class HttpConnection:
                 if scope.deadline < now + ANSWER_TIMEOUT:
                     scope.deadline = now + ANSWER_TIMEOUT
                 assert isinstance(event, http1.Request), event
-                if await self._dispatch(_request(event)):
+                if await self._dispatch(request_of(event)):
                     return  # upgraded: the WebSocket session owned the stream
                 if conn.their_state is http1.SEND_BODY and conn.our_state is http1.DONE:
                     # A request we answered without needing its body (a GET,

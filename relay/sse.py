@@ -19,7 +19,7 @@ from .core.envelope import Event
 from .core.errors import BadRequest, MethodNotAllowed, Unavailable
 from .core.errors import StoreUnavailable
 from .session import SessionBase
-from .ws import channels_from_query
+from .core.subscribe import subscription
 
 if TYPE_CHECKING:
     from .app import App
@@ -45,15 +45,8 @@ async def accept_sse(hc: HttpConnection, request: Request) -> bool:
         raise MethodNotAllowed(f"{request.method} is not allowed; open an event stream with GET", "GET")
     if hc.conn.version != "1.1":
         raise BadRequest("event streams need HTTP/1.1")
-    patterns = channels_from_query(request.query)
-    if not patterns:
-        raise BadRequest("channel: name at least one channel or pattern, e.g. /sse?channel=github.*")
-    since = request.headers.get("last-event-id") or (request.query["since"][-1] if "since" in request.query else None)
-    if since is not None:
-        try:
-            app.store.parse_id(since)
-        except ValueError as exc:
-            raise BadRequest(f"since: {exc}") from None
+    patterns, since = subscription(request.query, request.headers, app.store.parse_id, last_event_id=True,
+                                   at_least_one="channel: name at least one channel or pattern, e.g. /sse?channel=github.*")
     grant = app.authorize(request, patterns)
     if not app.may_subscribe():
         raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)

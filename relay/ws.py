@@ -30,6 +30,7 @@ from .core.envelope import Event
 from .core.errors import BadRequest, MethodNotAllowed, RelayError, Unavailable
 from .core.errors import StoreUnavailable
 from .core.channels import parse_pattern
+from .core.subscribe import subscription
 from .session import SessionBase
 
 if TYPE_CHECKING:
@@ -83,22 +84,6 @@ def gap_frame(after: str, next_id: str) -> bytes:
     return envelope.ws_text_frame(envelope.encode({"type": "gap", "after": after, "next": next_id}))
 
 
-def channels_from_query(query: dict[str, list[str]]) -> list[str]:
-    patterns: list[str] = []
-    for value in query.get("channel", []):
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            try:
-                pattern = parse_pattern(item)
-            except ValueError as exc:
-                raise BadRequest(f"channel: {exc}") from None
-            if pattern not in patterns:
-                patterns.append(pattern)
-    return patterns
-
-
 async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
     """Answer ``GET /ws``; True once the connection has been upgraded."""
     app = hc.app
@@ -116,13 +101,7 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
     key = headers.get("sec-websocket-key")
     if not key:
         raise BadRequest("Sec-WebSocket-Key is missing")
-    patterns = channels_from_query(request.query)
-    since = request.query["since"][-1] if "since" in request.query else None
-    if since is not None:
-        try:
-            app.store.parse_id(since)
-        except ValueError as exc:
-            raise BadRequest(f"since: {exc}") from None
+    patterns, since = subscription(request.query, headers, app.store.parse_id)
     offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     subprotocol = None
     if offered:

@@ -80,7 +80,7 @@ def test_sse_messages_prefix_every_line_of_a_multiline_body():
 def test_the_client_address_comes_from_forwarded_for_only_through_trusted_proxies():
     import ipaddress
 
-    from relay.http import forwarded_client
+    from relay.core.request import forwarded_client
 
     trusted = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32")]
     assert forwarded_client("203.0.113.9", "1.2.3.4", trusted) == "203.0.113.9"  # untrusted peer: header ignored
