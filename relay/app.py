@@ -12,29 +12,25 @@ from __future__ import annotations
 import ipaddress
 import logging
 import sys
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import logs
-from .core.grants import Authenticator, Grant, origin_allowed, presented_token
+from .core.grants import Authenticator, JwtVerifier
 from .config.files import server_context
 from .config.model import Config
-from .core.errors import Forbidden, RelayError
 from .fanout.hub import Hub
+from .fanout.session import Sessions
+from .fanout.timers import Timers, WallClock, tick_every
 from .core.ingest import Route, build_routes
 from .metrics import Metrics
-from .net.listener import Listener, fit_file_limit, split_listen, tune_subscriber
+from .net.listener import Listener, fit_file_limit, split_listen
 from .store import Appended, open_store
-from .timers import Timers, tick_every
 
 if TYPE_CHECKING:
-    from .http import HttpConnection, Request
-    from .sse import SseSession
-    from .ws import Session
+    from .http import HttpConnection
 
 log = logging.getLogger("relay")
 
@@ -47,79 +43,43 @@ class App:
         self.routes = build_routes(config.routes, config.secrets)
         jwt_verifier = None
         if config.jwt_key is not None:
-            from .core.grants import JwtVerifier
-
             jwt_verifier = (JwtVerifier.from_public_key(config.jwt_key) if config.jwt_is_public
                             else JwtVerifier.from_secret(config.jwt_key))
-        self.auth = Authenticator(config.tokens, jwt_verifier)
+        self.auth = Authenticator(config.tokens, jwt_verifier, config.auth.origins)
         self.trusted_proxies = [ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies]
         self.tls = None
         if config.server.tls is not None:
             self.tls = server_context(config.server.tls.cert, config.server.tls.key)
         self.listener = Listener(max_open if max_open is not None else config.server.max_connections, self.tls,
                                  self._http_connection)
-        # Wall time that advances with trio's clock (so tests can jump it):
-        # token expiry is judged by it.
-        self._wall0 = time.time()
-        self._mono0 = trio.current_time()
+        self.clock = WallClock()
+        self.now = self.clock.now
         self.stopping = trio.Event()
+        self.timers = Timers()
+        self.fanout = Sessions(self.hub, self.store, self.timers, self.now, self.auth,
+                               queue=config.delivery.queue, policy=config.delivery.slow_consumer,
+                               ping_interval=config.server.ping_interval, origins=config.auth.origins,
+                               stopping=self.stopping, may_subscribe=self.listener.may_subscribe,
+                               hand_off=self.listener.hand_off)
+        self.sessions = self.fanout.live
         self.idle = self.listener.idle
         # Webhooks waiting for body bytes, and when those waits end at
         # shutdown (http.end_body_reads): they are answered 503 then.
         self.reading: set[trio.CancelScope] = set()
         self.body_end = float("inf")
-        self.sessions: set[Session | SseSession] = set()
-        self.frames_sent: dict[str, int] = {"ws": 0, "sse": 0}
         self.webhooks: Counter[tuple[str, int]] = Counter()
         self.metrics = Metrics(self)  # relay/metrics.py: GET /metrics, delivery latency
         self.address: tuple[str, int] = ("", 0)
-        self.timers = Timers()
-
-    # -- subscriber auth -------------------------------------------------
-
-    def authorize(self, request: Request, patterns: list[str]) -> Grant | None:
-        """Check a subscription before the upgrade: the browser's Origin (403),
-        the token (401), the channels it asks for (403). None: auth is off."""
-        if not origin_allowed(self.config.auth.origins, request.headers.get("origin")):
-            raise Forbidden(f"Origin {request.headers.get('origin', '')[:200]!r} is not allowed")
-        grant = self.auth.grant(presented_token(request.headers, request.query), self.now())
-        if grant is not None:
-            grant.check(patterns)
-        return grant
-
-    def authorize_channel(self, session: Session, pattern: str) -> None:
-        """Refuse a subscribe message for a channel the connection may not read."""
-        if session.grant is not None:
-            session.grant.check([pattern])
-
-    def refresh(self, session: Session, token: str | None) -> None:
-        if self.auth.jwt is None:
-            session.error("bad_token", "this relay has no JWT key configured; nothing to refresh")
-            return
-        try:
-            grant = self.auth.grant(token, self.now())
-        except RelayError as exc:
-            session.error(exc.code, exc.detail)
-            return
-        session.refreshed(grant)
 
     # -- state -----------------------------------------------------------
-
-    def now(self) -> float:
-        return self._wall0 + (trio.current_time() - self._mono0)
 
     def begin_shutdown(self) -> None:
         """Refuse new work; every subscriber session closes (1001, end of stream)."""
         self.stopping.set()
-        for session in list(self.sessions):
-            session.wake()
+        self.fanout.begin_shutdown()
 
     def subscriber_count(self) -> int:
         return len(self.sessions)
-
-    def may_subscribe(self) -> bool:
-        """Is there room for one more subscriber (its share of max_connections)?"""
-        return self.listener.may_subscribe()
 
     async def ready(self) -> bool:
         if self.stopping.is_set():
@@ -152,12 +112,6 @@ class App:
         from .http import HttpConnection
 
         return HttpConnection(self, stream)
-
-    def hand_off(self, session_run: Callable[..., Awaitable[None]], *args: object) -> None:
-        self.listener.hand_off(session_run, *args)
-
-    def tune_subscriber(self, stream: trio.abc.Stream) -> None:
-        tune_subscriber(stream, self.config.server.ping_interval)
 
 
 async def _flush_logs() -> None:

@@ -37,6 +37,8 @@ from .core.errors import BadRequest, MethodNotAllowed, NotFound, RelayError, Too
 from .core.errors import RateLimited, Unavailable
 from .core.ingest import Challenge, find_route
 from .core.request import Request, forwarded_client, request_of
+from .fanout.sse import accept_sse
+from .fanout.ws import accept_websocket
 from .net.sockets import raw_fd, send_now
 from .net.tls import TlsStream
 
@@ -94,6 +96,18 @@ class HttpConnection:
             hs.append(("connection", "close"))
         # A HEAD answer has the headers of GET, no body.
         await self.write(self.conn.respond(status, hs, b"" if self.head else body))
+
+    @property
+    def version(self) -> str:
+        return self.conn.version
+
+    async def switch(self, status: int, headers: list[tuple[str, str]]) -> tuple[trio.abc.Stream, bytes]:
+        """Send the head that ends HTTP on this connection (a 101, an event
+        stream's 200); the stream now belongs to a subscriber session. The
+        stream, and the bytes read past the request."""
+        await self.write(self.conn.switch(status, headers))
+        self.detached = True
+        return self.stream, self.conn.trailing_data
 
     async def write(self, data: bytes) -> None:
         """Try one non-blocking write first: an answer nearly always fits the
@@ -301,11 +315,9 @@ class HttpConnection:
             elif path.startswith("/hooks/"):
                 await self._webhook(request, path[len("/hooks/"):])
             elif path == "/ws":
-                return await self._websocket(request)
+                return await accept_websocket(request, self, self.app.fanout)
             elif path == "/sse":
-                from .sse import accept_sse
-
-                return await accept_sse(self, request)
+                return await accept_sse(request, self, self.app.fanout)
             elif path == "/healthz":
                 await self._only_get(request)
                 await self.send(200, b'{"status":"ok"}')
@@ -419,8 +431,3 @@ class HttpConnection:
         finally:
             app.webhook_done(name, route, status, appended, delivery, time.perf_counter() - started,
                              self.client_address(request))
-
-    async def _websocket(self, request: Request) -> bool:
-        from .ws import accept_websocket
-
-        return await accept_websocket(self, request)

@@ -35,6 +35,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from .core.errors import MethodNotAllowed
+from .core.outbox import slow_key
 
 if TYPE_CHECKING:
     from .app import App
@@ -46,12 +47,6 @@ POLICIES = ("disconnect", "drop")
 # A relay on one host delivers in well under a millisecond; a loaded one, or
 # one whose store commits to a slow disk, in tens. The tail goes to seconds.
 DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def slow_key(policy: str) -> str:
-    """The key under which a subscriber counts its slow-consumer episodes in
-    the per-transport stats dict it shares with the app."""
-    return f"slow.{policy}"
 
 
 class _AppCollector(Collector):
@@ -72,7 +67,7 @@ class _AppCollector(Collector):
         # A 202 is sent only once the event is in the store: the 202s are
         # exactly the events this relay stored (duplicates answer 200).
         yield CounterMetricFamily("relay_events_stored", "Events this relay appended to the store.", value=stored)
-        stats = app.frames_sent
+        stats = app.fanout.stats
         frames = CounterMetricFamily("relay_frames_sent", "Event frames sent to subscribers, by transport.",
                                      labels=["transport"])
         for transport in TRANSPORTS:

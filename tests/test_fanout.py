@@ -13,8 +13,8 @@ from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from relay.core.envelope import Draft, Event, encode_envelope
 from relay.fanout.hub import Hub
-from relay.subscriber import Subscriber
-from relay.ws import gap_frame
+from relay.fanout.subscriber import Subscriber
+from relay.fanout.ws import gap_frame
 
 
 def event(n: int, channel: str = "c", size: int = 4000) -> Event:

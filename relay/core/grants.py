@@ -75,9 +75,23 @@ def origin_allowed(origins: Sequence[str] | None, origin: str | None) -> bool:
 
 
 class Authenticator:
-    def __init__(self, tokens: Mapping[str, Sequence[str]], jwt: object | None = None) -> None:
+    def __init__(self, tokens: Mapping[str, Sequence[str]], jwt: JwtVerifier | None = None,
+                 origins: Sequence[str] | None = None) -> None:
         self._tokens = [(value.encode(), tuple(channels)) for value, channels in tokens.items()]
-        self.jwt = jwt  # an object with .grant(token, now) -> Grant, raising Unauthorized
+        self.jwt = jwt
+        self.origins = origins  # the browser Origin allow-list (None: any)
+
+    def admit(self, headers: Mapping[str, str], query: Mapping[str, list[str]], patterns: Sequence[str],
+              now: float) -> Grant | None:
+        """Check a subscription before its upgrade: the browser's Origin
+        (403), the token (401), the channels it asks for (403). None: auth
+        is off."""
+        if not origin_allowed(self.origins, headers.get("origin")):
+            raise Forbidden(f"Origin {headers.get('origin', '')[:200]!r} is not allowed")
+        grant = self.grant(presented_token(headers, query), now)
+        if grant is not None:
+            grant.check(patterns)
+        return grant
 
     @property
     def enabled(self) -> bool:
@@ -98,7 +112,7 @@ class Authenticator:
         if found is not None:
             return Grant(found)
         if self.jwt is not None and token.count(".") == 2:
-            return self.jwt.grant(token, now)  # type: ignore[attr-defined]
+            return self.jwt.grant(token, now)
         raise Unauthorized("the token is not valid")
 
 

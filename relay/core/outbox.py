@@ -57,6 +57,13 @@ Floor = tuple[Any, tuple[str, ...], list[Start]]
 Tag = tuple[str, bool, "str | None"]
 
 
+def slow_key(policy: str) -> str:
+    """The key under which a subscriber counts its slow-consumer episodes in
+    the stats it shares with the others (the server's metrics read them as
+    relay_slow_consumers_total{policy})."""
+    return "slow." + policy
+
+
 def reaches(event: Event, subscriptions: Sequence[Start]) -> bool:
     """Does one of ``subscriptions`` deliver ``event``?"""
     return any(event.key > start and matches(pattern, event.channel) for pattern, start in subscriptions)
@@ -360,8 +367,7 @@ class Outbox:
         else:
             return
         if self.stats is not None:
-            # Read by relay.metrics as relay_slow_consumers_total{policy}.
-            key = "slow." + self.policy
+            key = slow_key(self.policy)
             self.stats[key] = self.stats.get(key, 0) + 1
 
     def _drop_oldest(self) -> None:

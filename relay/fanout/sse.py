@@ -10,21 +10,15 @@ EventSource comes back with ``Last-Event-ID``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import trio
 
-from .core import cors, envelope
-from .core.envelope import Event
-from .core.errors import BadRequest, MethodNotAllowed, Unavailable
-from .core.errors import StoreUnavailable
-from .session import SessionBase
-from .core.subscribe import subscription
-
-if TYPE_CHECKING:
-    from .app import App
-    from .core.grants import Grant
-    from .http import HttpConnection, Request
+from ..core import cors, envelope
+from ..core.envelope import Event
+from ..core.errors import BadRequest, StoreUnavailable
+from ..core.grants import Grant
+from ..core.request import Request
+from . import upgrade
+from .session import SessionBase, Sessions
 
 HEARTBEAT = envelope.http_chunk(b": ping\n\n")
 END = b"0\r\n\r\n"
@@ -39,43 +33,36 @@ def gap_chunk(after: str, next_id: str) -> bytes:
     return envelope.http_chunk(b"event: gap\ndata: " + data + b"\n\n")
 
 
-async def accept_sse(hc: HttpConnection, request: Request) -> bool:
-    app = hc.app
-    if request.method != "GET":
-        raise MethodNotAllowed(f"{request.method} is not allowed; open an event stream with GET", "GET")
-    if hc.conn.version != "1.1":
+async def accept_sse(request: Request, answer: upgrade.Answer, sessions: Sessions) -> bool:
+    """Answer ``GET /sse``; True once the stream has begun."""
+    upgrade.check_method(request, "an event stream")
+    if answer.version != "1.1":
         raise BadRequest("event streams need HTTP/1.1")
-    patterns, since = subscription(request.query, request.headers, app.store.parse_id, last_event_id=True,
-                                   at_least_one="channel: name at least one channel or pattern, e.g. /sse?channel=github.*")
-    grant = app.authorize(request, patterns)
-    if not app.may_subscribe():
-        raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
-    if since is not None and not app.store.readable:
-        raise StoreUnavailable("the event store is not answering; resume later")
-    head = hc.conn.switch(200, [
+    patterns, since = upgrade.read(
+        request, sessions, last_event_id=True,
+        at_least_one="channel: name at least one channel or pattern, e.g. /sse?channel=github.*")
+    grant = upgrade.admit(request, sessions, patterns, since)
+    stream, _ = await upgrade.take_over(answer, sessions, 200, [
         ("content-type", "text/event-stream"),
         ("cache-control", "no-cache"),
         ("x-accel-buffering", "no"),  # tell nginx not to buffer the stream
         ("transfer-encoding", "chunked"),
         # An EventSource on a page of another allowed origin may read it.
-        *cors.headers(app.config.auth.origins, request.headers.get("origin")),
+        *cors.headers(sessions.origins, request.headers.get("origin")),
     ])
-    await hc.write(head)
-    hc.detached = True
-    app.tune_subscriber(hc.stream)
-    app.hand_off(SseSession(app, hc.stream, grant).run, patterns, since)
+    sessions.start(SseSession(sessions, stream, grant), patterns, since)
     return True
 
 
 class SseSession(SessionBase):
-    __slots__ = ("app", "stream", "grant", "sub")
+    __slots__ = ("sessions", "stream", "grant", "sub")
 
-    def __init__(self, app: App, stream: trio.abc.Stream, grant: Grant | None) -> None:
+    def __init__(self, sessions: Sessions, stream: trio.abc.Stream, grant: Grant | None) -> None:
         super().__init__()
-        self.app = app
+        self.sessions = sessions
         self.stream = stream
         self.grant = grant
-        self.sub = self._subscriber(app, stream, "sse", sse_chunk_of, gap_chunk)
+        self.sub = self._subscriber(sessions, stream, "sse", sse_chunk_of, gap_chunk)
         # As for websockets: no task waits for a deadline; the app's timers
         # send heartbeats (``tick``) and call back (``wake``) at expiry.
 
@@ -84,20 +71,21 @@ class SseSession(SessionBase):
             self.sub.write(HEARTBEAT)
 
     def _open(self, patterns: list[str], since: str | None) -> None:
-        app, sub = self.app, self.sub
+        sessions, sub = self.sessions, self.sub
+        hub, store = sessions.hub, sessions.store
         if self.grant is not None and self.grant.expires is not None:
-            delay = max(0.0, self.grant.expires - app.now())
-            app.timers.call_at(trio.current_time() + delay, self.wake)
-        start = app.store.parse_id(since if since is not None else app.hub.head)
-        sub.subscribe(app.hub, patterns, resuming=since is not None, start=start,
-                      head=(app.store.parse_id(app.hub.head), app.hub.head))
-        sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + app.hub.head.encode() + b"\n\n"))
+            delay = max(0.0, self.grant.expires - sessions.now())
+            sessions.timers.call_at(trio.current_time() + delay, self.wake)
+        start = store.parse_id(since if since is not None else hub.head)
+        sub.subscribe(hub, patterns, resuming=since is not None, start=start,
+                      head=(store.parse_id(hub.head), hub.head))
+        sub.write(envelope.http_chunk(b"retry: 1000\n: welcome " + hub.head.encode() + b"\n\n"))
         if since is not None:
             self._spawn(self._replay, patterns, since)
 
     async def _replay(self, patterns: list[str], since: str) -> None:
         try:
-            await self.sub.replay(self.app.store, patterns, since)
+            await self.sub.replay(self.sessions.store, patterns, since)
         except StoreUnavailable:
             # The held events cannot follow without a hole: end the stream;
             # the browser's EventSource comes back with Last-Event-ID.

@@ -1,9 +1,10 @@
 """WebSocket subscribers: the upgrade, the session, and the client's messages.
 
-``http.py`` has parsed the upgrade request (it says why the session runs on
-wsproto rather than trio-websocket); this module answers it with a 101 and
-runs the session on wsproto's post-handshake ``Connection``, which parses
-client frames and builds control frames. Event
+The server has parsed the upgrade request (``relay.server.connection`` says
+why the session runs on wsproto rather than trio-websocket); this module
+checks it (``upgrade.py``: the steps it shares with SSE), answers it with a
+101 and runs the session on wsproto's post-handshake ``Connection``, which
+parses client frames and builds control frames. Event
 frames do not pass through wsproto: they are the shared bytes of
 ``Event.ws_frame``, written by the subscriber's send path.
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
 
 import msgspec
 import trio
@@ -25,18 +25,14 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.utilities import generate_accept_token
 
-from .core import envelope
-from .core.envelope import Event
-from .core.errors import BadRequest, MethodNotAllowed, RelayError, Unavailable
-from .core.errors import StoreUnavailable
-from .core.channels import parse_pattern
-from .core.subscribe import subscription
-from .session import SessionBase
-
-if TYPE_CHECKING:
-    from .app import App
-    from .core.grants import Grant
-    from .http import HttpConnection, Request
+from ..core import envelope
+from ..core.channels import parse_pattern
+from ..core.envelope import Event
+from ..core.errors import BadRequest, RelayError, StoreUnavailable
+from ..core.grants import Grant
+from ..core.request import Request
+from . import upgrade
+from .session import SessionBase, Sessions
 
 log = logging.getLogger("relay.ws")
 
@@ -84,35 +80,29 @@ def gap_frame(after: str, next_id: str) -> bytes:
     return envelope.ws_text_frame(envelope.encode({"type": "gap", "after": after, "next": next_id}))
 
 
-async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
+async def accept_websocket(request: Request, answer: upgrade.Answer, sessions: Sessions) -> bool:
     """Answer ``GET /ws``; True once the connection has been upgraded."""
-    app = hc.app
-    if request.method != "GET":
-        raise MethodNotAllowed(f"{request.method} is not allowed; open a WebSocket with GET", "GET")
+    upgrade.check_method(request, "a WebSocket")
     headers = request.headers
     if "websocket" not in headers.get("upgrade", "").lower() or "upgrade" not in headers.get("connection", "").lower():
         body = envelope.encode({"error": "upgrade_required", "detail": "GET /ws needs a WebSocket upgrade"})
-        await hc.send(426, body, [("upgrade", "websocket"), ("sec-websocket-version", "13")])
+        await answer.send(426, body, [("upgrade", "websocket"), ("sec-websocket-version", "13")])
         return False
     if headers.get("sec-websocket-version") != "13":
         body = envelope.encode({"error": "upgrade_required", "detail": "Sec-WebSocket-Version must be 13"})
-        await hc.send(426, body, [("sec-websocket-version", "13")])
+        await answer.send(426, body, [("sec-websocket-version", "13")])
         return False
     key = headers.get("sec-websocket-key")
     if not key:
         raise BadRequest("Sec-WebSocket-Key is missing")
-    patterns, since = subscription(request.query, headers, app.store.parse_id)
+    patterns, since = upgrade.read(request, sessions)
     offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     subprotocol = None
     if offered:
         if SUBPROTOCOL not in offered:
             raise BadRequest(f"Sec-WebSocket-Protocol: this relay speaks {SUBPROTOCOL} only")
         subprotocol = SUBPROTOCOL
-    grant = app.authorize(request, patterns)
-    if not app.may_subscribe():
-        raise Unavailable("the relay holds its maximum number of subscribers", retry_after=5.0)
-    if since is not None and not app.store.readable:
-        raise StoreUnavailable("the event store is not answering; resume later")
+    grant = upgrade.admit(request, sessions, patterns, since)
     response = [
         ("upgrade", "websocket"),
         ("connection", "Upgrade"),
@@ -120,26 +110,22 @@ async def accept_websocket(hc: HttpConnection, request: Request) -> bool:
     ]
     if subprotocol:
         response.append(("sec-websocket-protocol", subprotocol))
-    await hc.write(hc.conn.switch(101, response))
-    trailing = hc.conn.trailing_data
-    session = Session(app, hc.stream, trailing, grant)
-    hc.detached = True
-    app.tune_subscriber(hc.stream)
-    app.hand_off(session.run, patterns, since)
+    stream, trailing = await upgrade.take_over(answer, sessions, 101, response)
+    sessions.start(Session(sessions, stream, trailing, grant), patterns, since)
     return True
 
 
 class Session(SessionBase):
-    __slots__ = ("app", "grant", "stream", "ws", "sub", "unanswered_pings", "closing", "expires", "_requests",
+    __slots__ = ("sessions", "grant", "stream", "ws", "sub", "unanswered_pings", "closing", "expires", "_requests",
                  "_control_running")
 
-    def __init__(self, app: App, stream: trio.abc.Stream, trailing: bytes, grant: Grant | None = None) -> None:
+    def __init__(self, sessions: Sessions, stream: trio.abc.Stream, trailing: bytes, grant: Grant | None = None) -> None:
         super().__init__()
-        self.app = app
+        self.sessions = sessions
         self.grant = grant
         self.stream = stream
         self.ws = _ServerConnection(trailing)
-        self.sub = self._subscriber(app, stream, "ws", ws_frame_of, gap_frame)
+        self.sub = self._subscriber(sessions, stream, "ws", ws_frame_of, gap_frame)
         self.unanswered_pings = 0
         self.closing = False
         self.expires: float | None = grant.expires if grant is not None else None
@@ -164,12 +150,27 @@ class Session(SessionBase):
 
     def _schedule_expiry(self) -> None:
         if self.expires is not None:
-            self.app.timers.call_at(trio.current_time() + max(0.0, self.expires - self.app.now()), self._expiry_due)
+            self.sessions.timers.call_at(trio.current_time() + max(0.0, self.expires - self.sessions.now()),
+                                         self._expiry_due)
 
     def _expiry_due(self) -> None:
         # A refresh may have moved the expiry since this was scheduled.
-        if self.expires is not None and self.app.now() >= self.expires and not self.sub.closed:
+        if self.expires is not None and self.sessions.now() >= self.expires and not self.sub.closed:
             self.wake()
+
+    def refresh(self, token: str | None) -> None:
+        """A client's refresh message: a fresh JWT for this connection."""
+        auth = self.sessions.auth
+        if auth.jwt is None:
+            self.error("bad_token", "this relay has no JWT key configured; nothing to refresh")
+            return
+        try:
+            grant = auth.grant(token, self.sessions.now())
+        except RelayError as exc:
+            self.error(exc.code, exc.detail)
+            return
+        assert grant is not None  # a relay with a JWT key has auth on
+        self.refreshed(grant)
 
     def refreshed(self, grant: Grant) -> None:
         """A fresh token: it must still cover every current subscription."""
@@ -189,12 +190,13 @@ class Session(SessionBase):
         self.send_json({"type": "error", "error": code, "detail": detail})
 
     def _open(self, patterns: list[str], since: str | None) -> None:
-        app, sub = self.app, self.sub
+        sessions, sub = self.sessions, self.sub
+        hub, store = sessions.hub, sessions.store
         self._schedule_expiry()
-        start = app.store.parse_id(since if since is not None else app.hub.head)
-        sub.subscribe(app.hub, patterns, resuming=since is not None and bool(patterns), start=start,
-                      head=(app.store.parse_id(app.hub.head), app.hub.head))
-        self.send_json({"type": "welcome", "id": app.hub.head, "channels": patterns})
+        start = store.parse_id(since if since is not None else hub.head)
+        sub.subscribe(hub, patterns, resuming=since is not None and bool(patterns), start=start,
+                      head=(store.parse_id(hub.head), hub.head))
+        self.send_json({"type": "welcome", "id": hub.head, "channels": patterns})
         if since is not None and patterns:
             self._request(("resume", ",".join(patterns), since))
 
@@ -261,7 +263,7 @@ class Session(SessionBase):
             else:
                 self._request((message.type, message.channel, message.since))
         elif message.type == "refresh":
-            self.app.refresh(self, message.token)
+            self.refresh(message.token)
         else:
             self.error("bad_message", f"unknown message type {message.type[:40]!r}")
 
@@ -286,7 +288,7 @@ class Session(SessionBase):
 
     async def _replay(self, patterns: list[str], since: str) -> None:
         try:
-            await self.sub.replay(self.app.store, patterns, since)
+            await self.sub.replay(self.sessions.store, patterns, since)
         except StoreUnavailable as exc:
             # The events held meanwhile cannot follow without a hole: say why,
             # and close so the client resumes once the store is back.
@@ -296,7 +298,7 @@ class Session(SessionBase):
             await self.close(1013, "store unavailable")
 
     async def _serve_request(self, kind: str, channel: str, since: str | None) -> None:
-        app, sub = self.app, self.sub
+        sub, hub, store = self.sub, self.sessions.hub, self.sessions.store
         if kind == "resume":
             await self._replay(channel.split(","), since or "")
             return
@@ -306,24 +308,25 @@ class Session(SessionBase):
             self.error("bad_channel", str(exc))
             return
         if kind == "unsubscribe":
-            sub.unsubscribe(app.hub, pattern)
+            sub.unsubscribe(hub, pattern)
             self.send_json({"type": "unsubscribed", "channel": pattern})
             return
         if since is not None:
             try:
-                app.store.parse_id(since)
+                store.parse_id(since)
             except ValueError as exc:
                 self.error("bad_since", str(exc))
                 return
-        try:
-            app.authorize_channel(self, pattern)
-        except RelayError as exc:
-            self.error(exc.code, exc.detail)
-            return
-        start = app.store.parse_id(since if since is not None else app.hub.head)
-        sub.subscribe(app.hub, [pattern], resuming=since is not None, start=start,
-                      head=(app.store.parse_id(app.hub.head), app.hub.head))
-        self.send_json({"type": "subscribed", "channel": pattern, "id": app.hub.head})
+        if self.grant is not None:
+            try:
+                self.grant.check([pattern])  # not a channel this connection may read
+            except RelayError as exc:
+                self.error(exc.code, exc.detail)
+                return
+        start = store.parse_id(since if since is not None else hub.head)
+        sub.subscribe(hub, [pattern], resuming=since is not None, start=start,
+                      head=(store.parse_id(hub.head), hub.head))
+        self.send_json({"type": "subscribed", "channel": pattern, "id": hub.head})
         if since is not None:
             await self._replay([pattern], since)
 
@@ -338,9 +341,9 @@ class Session(SessionBase):
         elif sub.closed:
             assert self.nursery is not None
             self.nursery.cancel_scope.cancel()  # the peer is gone: nothing to say
-        elif self.app.stopping.is_set():
+        elif self.sessions.stopping.is_set():
             await self.close(1001, "server shutting down")
-        elif self.expires is not None and self.app.now() >= self.expires:
+        elif self.expires is not None and self.sessions.now() >= self.expires:
             await self.close(4001, "token expired")
         else:
             self._acting = False  # nothing to do after all

@@ -16,17 +16,15 @@ cancelled part way ends the subscriber's writing for good.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
 
 import trio
 
-from .core.outbox import Outbox, Replay
-from .core.envelope import Event
-from .net.sockets import raw_fd, send_now
-from .net.tls import TlsStream
-
-if TYPE_CHECKING:
-    from .store import Store
+from ..core.envelope import Event
+from ..core.index import Index
+from ..core.outbox import Outbox, Replay
+from ..net.sockets import raw_fd, send_now
+from ..net.tls import TlsStream
+from ..store.base import Store
 
 # Seconds an on-demand writer waits for more before its task ends.
 WRITER_LINGER = 5.0
@@ -70,8 +68,8 @@ class Subscriber(Outbox):
         self._spawn = spawn
         self._writer_running = False
 
-    def detach(self, hub: object) -> None:
-        hub.remove(self, self.patterns)  # type: ignore[attr-defined]
+    def detach(self, hub: Index) -> None:
+        hub.remove(self, self.patterns)
         self.closed = self.ended = True
 
     # -- what the rules call ----------------------------------------------

@@ -6,15 +6,32 @@ that is most of their memory. Instead the app runs one ``Timers`` task over a
 heap of deadlines, and ``tick`` every ``ping_interval`` for pings and SSE
 heartbeats. Callbacks are plain functions: they may only flag work and start
 a task in the session's own nursery.
+
+``WallClock`` is the relay's unix time, which tokens expire by.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 
 import trio
+
+
+class WallClock:
+    """Unix time that advances with trio's clock, so a test's
+    ``autojump_clock`` moves token expiry too. Read once at start."""
+
+    __slots__ = ("_wall0", "_mono0")
+
+    def __init__(self) -> None:
+        self._wall0 = time.time()
+        self._mono0 = trio.current_time()
+
+    def now(self) -> float:
+        return self._wall0 + (trio.current_time() - self._mono0)
 
 
 class Timers:
