@@ -35,7 +35,7 @@ def _load(path: str) -> Config:
 
 
 async def _serve(config: Config) -> None:
-    from .app import serve
+    from .server.app import serve
 
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relay: {args.config}: ok ({len(config.routes)} route(s), store {config.store.engine})", file=sys.stderr)
         return 0
 
-    from .logs import configure
+    from .server.logs import configure
 
     configure(config.log.level, config.log.format)
     try:

@@ -18,7 +18,7 @@ import pytest
 import trio
 import trustme
 
-from relay.app import App, serve
+from relay.server.app import App, serve
 from relay.config.load import parse
 from relay.config.model import StoreConfig
 from relay.core.envelope import Draft

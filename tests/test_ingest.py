@@ -280,7 +280,7 @@ async def _answer(stream: trio.SocketStream) -> bytes:
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(autojump_clock):
-    from relay.http import IDLE_TIMEOUT
+    from relay.server.connection import IDLE_TIMEOUT
 
     async with running_relay() as relay:
         stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
@@ -294,7 +294,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(au
 
 
 async def test_a_keep_alive_connection_in_use_outlives_the_idle_timeout(autojump_clock):
-    from relay.http import IDLE_TIMEOUT
+    from relay.server.connection import IDLE_TIMEOUT
 
     async with running_relay() as relay:
         stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
@@ -370,7 +370,7 @@ async def test_a_413_says_connection_close_and_closes_without_waiting_for_the_bo
 
 
 async def test_a_408_says_connection_close_and_closes(autojump_clock):
-    from relay.http import BODY_TIMEOUT
+    from relay.server.router import BODY_TIMEOUT
 
     async with running_relay() as relay:
         stream = await trio.open_tcp_stream("127.0.0.1", relay.port)

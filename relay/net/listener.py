@@ -96,10 +96,8 @@ class Served(Protocol):
 class Listener:
     """Every connection's slot, from accept to close."""
 
-    def __init__(self, limit: int, tls: ssl.SSLContext | None,
-                 connection: Callable[[trio.abc.Stream], Served]) -> None:
+    def __init__(self, limit: int, tls: ssl.SSLContext | None) -> None:
         self.tls = tls
-        self.connection = connection  # makes the server's side of one connection
         self.connections = Connections(limit)
         # Connections waiting for a request (or a TLS handshake), oldest
         # first: shutdown ends them at once, and the accept loop closes the
@@ -108,15 +106,19 @@ class Listener:
         self.idle_closed = 0  # connections closed for room (metrics)
         self.accept_failures = 0
         self.nursery: trio.Nursery  # set by ``run``: every connection's task lives there
+        self.connection: Callable[[trio.abc.Stream], Served]  # set by ``run``
         self._room = trio.lowlevel.ParkingLot()  # unparked when a slot may have come free
         self._want_idle = False  # the accept loop also waits for a connection to become idle
         self._full_log = Throttle()
         self._accept_log = Throttle()
         self._accepting: list[trio.CancelScope] = []
 
-    def run(self, listeners: list[trio.SocketListener], nursery: trio.Nursery) -> None:
-        """Accept on every listener; connections run in ``nursery``."""
+    def run(self, listeners: list[trio.SocketListener], nursery: trio.Nursery,
+            connection: Callable[[trio.abc.Stream], Served]) -> None:
+        """Accept on every listener; each connection runs in ``nursery``, its
+        stream served by what ``connection`` makes of it."""
         self.nursery = nursery
+        self.connection = connection
         for listener in listeners:
             nursery.start_soon(self._accept, listener)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from relay.logs import BatchedHandler, TextFormatter
+from relay.server.logs import BatchedHandler, TextFormatter
 
 
 def logger_writing_to(stream: io.StringIO) -> tuple[logging.Logger, BatchedHandler]:

@@ -14,18 +14,16 @@ import hashlib
 import re
 from functools import cache
 from importlib.resources import files
-from typing import TYPE_CHECKING
 
-from .core.errors import MethodNotAllowed
-
-if TYPE_CHECKING:
-    from .http import HttpConnection, Request
+from ..core.errors import MethodNotAllowed
+from ..core.request import Request
+from .router import Responder
 
 
 @cache
 def page() -> tuple[bytes, str]:
     """The page's bytes and its Content-Security-Policy, read once."""
-    html = files("relay").joinpath("inspector.html").read_text(encoding="utf-8")
+    html = files("relay.server").joinpath("inspector.html").read_text(encoding="utf-8")
 
     def hashes(tag: str) -> str:
         blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.S)
@@ -37,13 +35,14 @@ def page() -> tuple[bytes, str]:
     return html.encode("utf-8"), csp
 
 
-async def answer(hc: HttpConnection, request: Request) -> None:
-    if request.method != "GET":
-        raise MethodNotAllowed(f"{request.method} is not allowed here", "GET")
-    body, csp = page()
-    await hc.send(200, body, [
-        ("content-security-policy", csp),
-        ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
-        ("cache-control", "no-cache"),
-    ], content_type="text/html; charset=utf-8")
+class Inspector:
+    async def answer(self, request: Request, responder: Responder) -> None:
+        if request.method != "GET":
+            raise MethodNotAllowed(f"{request.method} is not allowed here", "GET")
+        body, csp = page()
+        await responder.send(200, body, [
+            ("content-security-policy", csp),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-cache"),
+        ], content_type="text/html; charset=utf-8")

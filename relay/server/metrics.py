@@ -1,10 +1,12 @@
 """``GET /metrics``: the relay's counters in the Prometheus text format.
 
-Counters that already exist as plain numbers in the app (webhooks by route
-and status, frames sent per transport, slow consumers, subscribers) are read
-when Prometheus scrapes, by a custom collector: the hot path pays nothing for
-them, and they never reset while the process lives because the numbers they
-read never do.
+Counters that already exist as plain numbers where their work is done
+(webhooks by route and status: ``Webhooks.counts``; frames sent per
+transport and slow consumers: ``Sessions.stats``; subscribers:
+``Sessions.live``; channels: the hub; connections: the listener) are read
+when Prometheus scrapes, by a custom collector given each of them: the hot
+path pays nothing for them, and they never reset while the process lives
+because the numbers they read never do.
 
 The one series that needs work on the hot path is ``relay_delivery_seconds``,
 the time from receipt (``Event.received``, the trio clock when the webhook's
@@ -19,14 +21,14 @@ queue) is what ``relay_slow_consumers_total`` reports. Events no subscriber
 wants are not observed: nothing was sent. Events replayed on resume are not
 observed either: their latency is the subscriber's absence, not the relay's.
 
-Each ``App`` has its own registry, so several relays can live in one process
+Each relay has its own registry, so several relays can live in one process
 (the tests run many) without their series mixing.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CollectorRegistry, Histogram
@@ -34,13 +36,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from .core.errors import MethodNotAllowed
-from .core.outbox import slow_key
-
-if TYPE_CHECKING:
-    from .app import App
-    from .core.envelope import Event
-    from .http import HttpConnection, Request
+from ..core.envelope import Event
+from ..core.errors import MethodNotAllowed
+from ..core.outbox import slow_key
+from ..core.request import Request
+from ..fanout.hub import Hub
+from ..fanout.session import Sessions
+from ..net.listener import Listener
+from .router import Responder
 
 TRANSPORTS = ("ws", "sse")
 POLICIES = ("disconnect", "drop")
@@ -49,17 +52,19 @@ POLICIES = ("disconnect", "drop")
 DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class _AppCollector(Collector):
-    def __init__(self, app: App) -> None:
-        self.app = app
+class _Collector(Collector):
+    def __init__(self, webhooks: Counter[tuple[str, int]], sessions: Sessions, hub: Hub, listener: Listener) -> None:
+        self.webhooks = webhooks
+        self.sessions = sessions
+        self.hub = hub
+        self.listener = listener
 
     def collect(self) -> Iterator[Metric]:
-        app = self.app
         webhooks = CounterMetricFamily(
             "relay_webhooks", "Webhooks answered, by route and HTTP status (route is empty for unknown routes).",
             labels=["route", "status"])
         stored = 0
-        for (route, status), count in sorted(app.webhooks.items()):
+        for (route, status), count in sorted(self.webhooks.items()):
             webhooks.add_metric([route, str(status)], count)
             if status == 202:
                 stored += count
@@ -67,7 +72,7 @@ class _AppCollector(Collector):
         # A 202 is sent only once the event is in the store: the 202s are
         # exactly the events this relay stored (duplicates answer 200).
         yield CounterMetricFamily("relay_events_stored", "Events this relay appended to the store.", value=stored)
-        stats = app.fanout.stats
+        stats = self.sessions.stats
         frames = CounterMetricFamily("relay_frames_sent", "Event frames sent to subscribers, by transport.",
                                      labels=["transport"])
         for transport in TRANSPORTS:
@@ -82,15 +87,14 @@ class _AppCollector(Collector):
         subscribers = GaugeMetricFamily("relay_subscribers", "Connected subscribers, by transport.",
                                         labels=["transport"])
         counts = dict.fromkeys(TRANSPORTS, 0)
-        for session in list(app.sessions):
-            transport = getattr(getattr(session, "sub", None), "transport", "ws")
-            counts[transport] = counts.get(transport, 0) + 1
+        counts.update(self.sessions.by_transport())
         for transport, count in counts.items():
             subscribers.add_metric([transport], count)
         yield subscribers
         yield GaugeMetricFamily("relay_channels", "Channels that carried an event since the start (bounded table).",
-                                value=len(app.hub.channels))
-        c = app.listener.connections
+                                value=len(self.hub.channels))
+        listener = self.listener
+        c = listener.connections
         connections = GaugeMetricFamily("relay_connections", "Open connections: plain HTTP, and subscribers.",
                                         labels=["kind"])
         connections.add_metric(["http"], c.http)
@@ -99,20 +103,19 @@ class _AppCollector(Collector):
         yield GaugeMetricFamily("relay_connections_max", "Connections held at most (max_connections, or what "
                                 "the file limit fits).", value=c.limit)
         yield CounterMetricFamily("relay_idle_closed", "Connections waiting for a request closed to make room "
-                                  "for a new one.", value=app.listener.idle_closed)
+                                  "for a new one.", value=listener.idle_closed)
         yield CounterMetricFamily("relay_accept_failures", "Accepts that failed for want of descriptors or memory.",
-                                  value=app.listener.accept_failures)
+                                  value=listener.accept_failures)
 
 
 class Metrics:
-    def __init__(self, app: App) -> None:
+    def __init__(self, webhooks: Counter[tuple[str, int]], sessions: Sessions, hub: Hub, listener: Listener) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_AppCollector(app))
+        self.registry.register(_Collector(webhooks, sessions, hub, listener))
         self.delivery = Histogram(
             "relay_delivery_seconds", "Seconds from a webhook's receipt to its frames being sent or queued, per event.",
             buckets=DELIVERY_BUCKETS, registry=self.registry)
         self._observe = self.delivery.observe
-        app.hub.on_published = self.published
 
     def published(self, event: Event) -> None:
         """Called by the hub once per live event that had subscribers."""
@@ -123,11 +126,9 @@ class Metrics:
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
-
-async def answer(hc: HttpConnection, request: Request) -> None:
-    """``GET /metrics``; the format follows the scraper's Accept header."""
-    if request.method != "GET":
-        raise MethodNotAllowed(f"{request.method} is not allowed here", "GET")
-    body, content_type = hc.app.metrics.render(request.headers.get("accept", ""))
-    await hc.send(200, body, [("cache-control", "no-store")], content_type=content_type)
-
+    async def answer(self, request: Request, responder: Responder) -> None:
+        """``GET /metrics``; the format follows the scraper's Accept header."""
+        if request.method != "GET":
+            raise MethodNotAllowed(f"{request.method} is not allowed here", "GET")
+        body, content_type = self.render(request.headers.get("accept", ""))
+        await responder.send(200, body, [("cache-control", "no-store")], content_type=content_type)

@@ -12,6 +12,7 @@ import sys
 import time
 
 import msgspec
+import trio
 
 
 class TextFormatter(logging.Formatter):
@@ -115,3 +116,14 @@ def configure(level: str, fmt: str) -> None:
 def flush() -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
+
+
+async def flush_every(interval: float = FLUSH_S) -> None:
+    """The daemon's task that writes what the batched handler holds after a
+    quiet moment, and once more when it ends."""
+    try:
+        while True:
+            await trio.sleep(interval)
+            flush()
+    finally:
+        flush()
