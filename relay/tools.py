@@ -32,6 +32,7 @@ from urllib.parse import quote, urlencode
 import msgspec
 import trio
 
+from .core import wire
 from .client import ClientError, Closed, Rejected, Url, open_websocket, parse_url, request
 
 # Retrying cannot change these answers to the upgrade or these close codes.
@@ -51,25 +52,6 @@ class ToolError(Exception):
         self.status = status
 
 
-class Frame(msgspec.Struct):
-    """Any frame the relay sends on /ws; ``data`` keeps the body's bytes as sent."""
-
-    type: str
-    id: str | None = None
-    channel: str | None = None
-    route: str | None = None
-    ts: int | None = None
-    delivery: str | None = None
-    headers: dict[str, str] = {}
-    data: msgspec.Raw = msgspec.Raw(b"")
-    channels: list[str] = []
-    after: str | None = None
-    next: str | None = None
-    error: str | None = None
-    detail: str | None = None
-
-
-_frame = msgspec.json.Decoder(Frame)
 _any = msgspec.json.Decoder()
 
 
@@ -81,7 +63,7 @@ def header(headers: dict[str, str], name: str) -> str | None:
     return None
 
 
-def data_of(frame: Frame, text: str) -> bytes:
+def data_of(frame: wire.Envelope, text: str) -> bytes:
     """The envelope's ``data`` exactly as stored, whitespace around it included.
 
     ``msgspec.Raw`` holds the value without the blanks a body may start or end
@@ -99,7 +81,7 @@ def data_of(frame: Frame, text: str) -> bytes:
     return whole[colon + 1:end]
 
 
-def body_of(frame: Frame, text: str) -> bytes:
+def body_of(frame: wire.Envelope, text: str) -> bytes:
     """The webhook's body exactly as the sender posted it."""
     raw = data_of(frame, text)
     content_type = (header(frame.headers, "content-type") or "").split(";", 1)[0].strip().lower()
@@ -120,7 +102,7 @@ def _say(text: str) -> None:
 
 
 async def subscribe(base: Url, channels: str, since: str | None, token: str | None,
-                    handle: Callable[[Frame, str], Awaitable[None]], count: int | None = None,
+                    handle: Callable[[wire.Envelope, str], Awaitable[None]], count: int | None = None,
                     say: Callable[[str], None] = _say, name: str = "relay") -> None:
     """Call ``handle`` for each event on ``channels``, resuming after every
     drop, until ``count`` events were handled (forever when None)."""
@@ -132,7 +114,7 @@ async def subscribe(base: Url, channels: str, since: str | None, token: str | No
     while True:
         url = ws_url(base, channels, last)
         try:
-            ws = await open_websocket(url, headers, subprotocols=["relay.v1"])
+            ws = await open_websocket(url, headers, subprotocols=[wire.SUBPROTOCOL])
         except Rejected as exc:
             if exc.status in FATAL_STATUSES:
                 raise ToolError(f"{name}: the relay refused the subscription: {exc}") from None
@@ -144,18 +126,18 @@ async def subscribe(base: Url, channels: str, since: str | None, token: str | No
                 while True:
                     text = await ws.receive()
                     try:
-                        frame = _frame.decode(text)
+                        frame = wire.decode_server(text)
                     except msgspec.DecodeError:
                         say(f"{name}: skipped an unreadable frame: {text[:200]!r}")
                         continue
-                    if frame.type == "event" and frame.id is not None:
+                    if isinstance(frame, wire.Envelope) and frame.id is not None:
                         await handle(frame, text)
                         last = frame.id
                         handled += 1
                         if count is not None and handled >= count:
                             await ws.aclose()
                             return
-                    elif frame.type == "welcome":
+                    elif isinstance(frame, wire.Welcome):
                         delay = RETRY_FIRST
                         if last is None:
                             last = frame.id or ""
@@ -164,10 +146,10 @@ async def subscribe(base: Url, channels: str, since: str | None, token: str | No
                         else:
                             say(f"{name}: subscribed to {', '.join(frame.channels)} on {base}")
                         connected_once = True
-                    elif frame.type == "gap":
+                    elif isinstance(frame, wire.Gap):
                         say(f"{name}: gap: events after {frame.after or 'the start'} up to {frame.next} "
                             "are no longer in the relay's store")
-                    elif frame.type == "error":
+                    elif isinstance(frame, wire.Error):
                         say(f"{name}: the relay says {frame.error}: {frame.detail}")
             except Closed as exc:
                 if exc.code in FATAL_CLOSES:
@@ -191,7 +173,7 @@ def _style(on: bool) -> Callable[[str, str], str]:
     return paint
 
 
-def pretty_event(frame: Frame, text: str, color: bool = False) -> str:
+def pretty_event(frame: wire.Envelope, text: str, color: bool = False) -> str:
     paint = _style(color)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((frame.ts or 0) / 1000))
     head = f"{paint(frame.id or '', 'bold')}  {paint(frame.channel or '', 'blue')}  {when}  route {frame.route}"
@@ -224,7 +206,7 @@ async def tail(url: str, channels: str, since: str | None = None, token: str | N
         pretty = out.isatty()
     color = pretty and out.isatty() and not os.environ.get("NO_COLOR")
 
-    async def show(frame: Frame, text: str) -> None:
+    async def show(frame: wire.Envelope, text: str) -> None:
         out.write(pretty_event(frame, text, color) if pretty else json_line(text))
         out.flush()
 
@@ -234,7 +216,7 @@ async def tail(url: str, channels: str, since: str | None = None, token: str | N
 # -- forward -----------------------------------------------------------------
 
 
-async def deliver(frame: Frame, text: str, to: Url, timeout: float = 30.0) -> str:
+async def deliver(frame: wire.Envelope, text: str, to: Url, timeout: float = 30.0) -> str:
     """POST one event (``text`` is its envelope) to ``to``; a line saying how it went."""
     headers = [(k, v) for k, v in frame.headers.items() if k.lower() not in HOP_BY_HOP]
     started = time.perf_counter()
@@ -252,7 +234,7 @@ async def forward(url: str, channels: str, to: str, since: str | None = None, to
     target = parse_url(to)
     out = out or sys.stdout
 
-    async def post(frame: Frame, text: str) -> None:
+    async def post(frame: wire.Envelope, text: str) -> None:
         out.write(await deliver(frame, text, target, timeout) + "\n")
         out.flush()
 

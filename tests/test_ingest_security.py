@@ -222,7 +222,8 @@ async def test_the_standard_example_config_takes_a_svix_delivery_that_the_app_ca
     # svix library on the app's side verifies.
     from svix.webhooks import Webhook as Svix
 
-    from relay.tools import _frame, body_of
+    from relay.core.wire import decode_server
+    from relay.tools import body_of
 
     text = (ROOT / "config" / "standard.toml").read_text()
     text = text.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"')
@@ -237,7 +238,7 @@ async def test_the_standard_example_config_takes_a_svix_delivery_that_the_app_ca
             r = await post(http, relay, "app", body, headers)
             assert r.status_code == 202 and r.json()["channel"] == "app.email.delivered", r.text
             text = await ws.get_message()
-    frame = _frame.decode(text)
+    frame = decode_server(text)
     assert frame.delivery == "msg_resend_1"
     assert body_of(frame, text) == body
     Svix(WHSEC).verify(body_of(frame, text), frame.headers)

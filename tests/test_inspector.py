@@ -17,7 +17,8 @@ from trio_websocket import open_websocket_url
 
 from browser import browser_page, needs_chromium
 from conftest import config_text, running_relay
-from relay.tools import Frame, body_of
+from relay.core.wire import Envelope
+from relay.tools import body_of
 
 pytestmark = needs_chromium
 
@@ -79,6 +80,6 @@ async def test_the_inspector_shows_events_posted_while_it_watches(http, tmp_path
                 done = await trio.run_process(["bash", "-c", command], capture_stdout=True, capture_stderr=True)
                 assert json.loads(done.stdout)["channel"] == "github.issues", done.stderr
                 text = await ws.get_message()
-            replay = msgspec.json.decode(text, type=Frame)
+            replay = msgspec.json.decode(text, type=Envelope)
             assert body_of(replay, text) == body
             await page.until(f"{CARDS}.length === 3")

@@ -13,15 +13,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-
-class Envelope(msgspec.Struct, tag="event", tag_field="type"):
-    id: str
-    channel: str
-    route: str
-    ts: int
-    delivery: str | None
-    headers: dict[str, str]
-    data: msgspec.Raw
+from .wire import Envelope
 
 
 _encoder = msgspec.json.Encoder()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import trio
 
-from ..core import cors, envelope
+from ..core import cors, envelope, wire
 from ..core.envelope import Event
 from ..core.errors import BadRequest, StoreUnavailable
 from ..core.grants import Grant
@@ -29,7 +29,7 @@ def sse_chunk_of(event: Event) -> bytes:
 
 
 def gap_chunk(after: str, next_id: str) -> bytes:
-    data = envelope.encode({"type": "gap", "after": after, "next": next_id})
+    data = wire.encode(wire.Gap(after=after, next=next_id))
     return envelope.http_chunk(b"event: gap\ndata: " + data + b"\n\n")
 
 

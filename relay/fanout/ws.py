@@ -25,7 +25,7 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.utilities import generate_accept_token
 
-from ..core import envelope
+from ..core import envelope, wire
 from ..core.channels import parse_pattern
 from ..core.envelope import Event
 from ..core.errors import BadRequest, RelayError, StoreUnavailable
@@ -36,7 +36,6 @@ from .session import SessionBase, Sessions
 
 log = logging.getLogger("relay.ws")
 
-SUBPROTOCOL = "relay.v1"
 MAX_CLIENT_MESSAGE = 64 * 1024
 CONTROL_BACKLOG = 32  # client requests waiting for the control task
 SLOW_DRAIN = 1.0  # seconds a slow consumer gets to take its close frame
@@ -62,22 +61,12 @@ class _ServerConnection(Connection):
 _NO_EVENTS: deque = deque(maxlen=0)  # type: ignore[type-arg]
 
 
-class ClientMessage(msgspec.Struct):
-    type: str
-    channel: str | None = None
-    since: str | None = None
-    token: str | None = None
-
-
-_client_decoder = msgspec.json.Decoder(ClientMessage)
-
-
 def ws_frame_of(event: Event) -> bytes:
     return event.ws_frame
 
 
 def gap_frame(after: str, next_id: str) -> bytes:
-    return envelope.ws_text_frame(envelope.encode({"type": "gap", "after": after, "next": next_id}))
+    return envelope.ws_text_frame(wire.encode(wire.Gap(after=after, next=next_id)))
 
 
 async def accept_websocket(request: Request, answer: upgrade.Answer, sessions: Sessions) -> bool:
@@ -99,9 +88,9 @@ async def accept_websocket(request: Request, answer: upgrade.Answer, sessions: S
     offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     subprotocol = None
     if offered:
-        if SUBPROTOCOL not in offered:
-            raise BadRequest(f"Sec-WebSocket-Protocol: this relay speaks {SUBPROTOCOL} only")
-        subprotocol = SUBPROTOCOL
+        if wire.SUBPROTOCOL not in offered:
+            raise BadRequest(f"Sec-WebSocket-Protocol: this relay speaks {wire.SUBPROTOCOL} only")
+        subprotocol = wire.SUBPROTOCOL
     grant = upgrade.admit(request, sessions, patterns, since)
     response = [
         ("upgrade", "websocket"),
@@ -181,13 +170,13 @@ class Session(SessionBase):
         self.grant = grant
         self.expires = grant.expires
         self._schedule_expiry()
-        self.send_json({"type": "refreshed", "expires": grant.expires})
+        self.send(wire.Refreshed(expires=grant.expires))
 
-    def send_json(self, obj: object) -> None:
-        self.sub.write(envelope.ws_text_frame(envelope.encode(obj)))
+    def send(self, message: wire.Message) -> None:
+        self.sub.write(envelope.ws_text_frame(wire.encode(message)))
 
     def error(self, code: str, detail: str) -> None:
-        self.send_json({"type": "error", "error": code, "detail": detail})
+        self.send(wire.Error(error=code, detail=detail))
 
     def _open(self, patterns: list[str], since: str | None) -> None:
         sessions, sub = self.sessions, self.sub
@@ -196,7 +185,7 @@ class Session(SessionBase):
         start = store.parse_id(since if since is not None else hub.head)
         sub.subscribe(hub, patterns, resuming=since is not None and bool(patterns), start=start,
                       head=(store.parse_id(hub.head), hub.head))
-        self.send_json({"type": "welcome", "id": hub.head, "channels": patterns})
+        self.send(wire.Welcome(id=hub.head, channels=patterns))
         if since is not None and patterns:
             self._request(("resume", ",".join(patterns), since))
 
@@ -249,11 +238,11 @@ class Session(SessionBase):
 
     def _on_message(self, text: str) -> None:
         try:
-            message = _client_decoder.decode(text)
+            message = wire.decode_client(text)
         except msgspec.DecodeError as exc:
             self.error("bad_message", f"not a client message: {exc}")
             return
-        if message.type in ("subscribe", "unsubscribe"):
+        if isinstance(message, (wire.Subscribe, wire.Unsubscribe)):
             if not message.channel:
                 self.error("bad_message", f"{message.type} needs a channel")
                 return
@@ -261,8 +250,9 @@ class Session(SessionBase):
                 # A client that floods requests faster than they can be served.
                 self._spawn(self.close, 1008, "too many requests", False)
             else:
-                self._request((message.type, message.channel, message.since))
-        elif message.type == "refresh":
+                since = message.since if isinstance(message, wire.Subscribe) else None
+                self._request((message.type, message.channel, since))
+        elif isinstance(message, wire.Refresh):
             self.refresh(message.token)
         else:
             self.error("bad_message", f"unknown message type {message.type[:40]!r}")
@@ -293,7 +283,7 @@ class Session(SessionBase):
             # The events held meanwhile cannot follow without a hole: say why,
             # and close so the client resumes once the store is back.
             log.info("closing a resuming websocket: %s", exc.detail)
-            self.send_json({"type": "error", "error": "unavailable", "detail": exc.detail})
+            self.send(wire.Error(error="unavailable", detail=exc.detail))
             self._acting = True
             await self.close(1013, "store unavailable")
 
@@ -309,7 +299,7 @@ class Session(SessionBase):
             return
         if kind == "unsubscribe":
             sub.unsubscribe(hub, pattern)
-            self.send_json({"type": "unsubscribed", "channel": pattern})
+            self.send(wire.Unsubscribed(channel=pattern))
             return
         if since is not None:
             try:
@@ -326,7 +316,7 @@ class Session(SessionBase):
         start = store.parse_id(since if since is not None else hub.head)
         sub.subscribe(hub, [pattern], resuming=since is not None, start=start,
                       head=(store.parse_id(hub.head), hub.head))
-        self.send_json({"type": "subscribed", "channel": pattern, "id": hub.head})
+        self.send(wire.Subscribed(channel=pattern, id=hub.head))
         if since is not None:
             await self._replay([pattern], since)
 
