@@ -144,3 +144,16 @@ def test_not_toml_is_a_config_error():
 def test_the_example_configs_pass_check_once_their_secret_is_set(name, env):
     assert check(ROOT / "config" / name, env).returncode == 0, check(ROOT / "config" / name, env).stderr
     assert check(ROOT / "config" / name).returncode == 2
+
+
+def test_check_of_a_redis_config_loads_neither_trio_nor_the_redis_client(tmp_path):
+    # `relay check` runs where the daemon may not (a CI step, a deploy
+    # hook): it reads the config and its files, and starts nothing.
+    path = tmp_path / "relay.toml"
+    path.write_text('[store]\nengine = "redis"\nurl = "redis://127.0.0.1:6379/0"\n')
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "relay", "check", "-c", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert done.returncode == 0, done.stderr
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "relay.config.load" in imported  # (the list is the relay's own imports too)
+    assert not {"trio", "anyio", "coredis", "relay.store.redis"} & imported

@@ -223,7 +223,7 @@ async def test_the_standard_example_config_takes_a_svix_delivery_that_the_app_ca
     from svix.webhooks import Webhook as Svix
 
     from relay.core.wire import decode_server
-    from relay.tools import body_of
+    from relay.client.render import body_of
 
     text = (ROOT / "config" / "standard.toml").read_text()
     text = text.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"')

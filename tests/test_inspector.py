@@ -18,7 +18,7 @@ from trio_websocket import open_websocket_url
 from browser import browser_page, needs_chromium
 from conftest import config_text, running_relay
 from relay.core.wire import Envelope
-from relay.tools import body_of
+from relay.client.render import body_of
 
 pytestmark = needs_chromium
 

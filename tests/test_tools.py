@@ -20,7 +20,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from conftest import config_text, running_relay
-from relay.tools import signed_headers
+from relay.client.send import signed_headers
 from relay.core.verify import VerifySpec, verify
 
 SECRET = "It's a Secret to Everybody"

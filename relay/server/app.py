@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import sys
 
 import trio
@@ -116,3 +117,43 @@ async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatu
         with trio.move_on_after(max(0.5, grace * 0.1)):
             await app.store.close()
         root.cancel_scope.cancel()
+
+
+def run_daemon(config: Config) -> int:
+    """``relay serve``: the daemon until SIGTERM or SIGINT, logging as the
+    config says; the exit status (0 stopped, 1 could not start)."""
+    logs.configure(config.log.level, config.log.format)
+    try:
+        trio.run(_serve_until_signalled, config, strict_exception_groups=True)
+    except KeyboardInterrupt:
+        return 0
+    except BaseExceptionGroup as group:
+        failure = _first_leaf(group)
+        if isinstance(failure, KeyboardInterrupt):
+            return 0
+        if isinstance(failure, OSError):
+            print(f"relay: cannot start: {failure}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+async def _serve_until_signalled(config: Config) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    stop.set()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await serve(config, stop)
+        nursery.cancel_scope.cancel()
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -1,4 +1,5 @@
-"""The client side, for the CLI tools: one HTTP request (h11) and a WebSocket (wsproto).
+"""The client side, for the CLI tools: one HTTP request (h11) and a WebSocket
+(wsproto), and ``run``, which runs a tool with the CLI's exit statuses.
 
 Both protocol libraries are already the server's dependencies, so the tools
 add none: h11 drives a request over a trio stream, and wsproto's
@@ -11,8 +12,11 @@ opened per request, and the WebSocket answers pings and close frames itself.
 from __future__ import annotations
 
 import ssl
-from http import HTTPStatus
+import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
 from urllib.parse import urlsplit
 
 import h11
@@ -30,6 +34,14 @@ USER_AGENT = "relay-cli"
 
 class ClientError(Exception):
     """A request that could not be made or answered; the message says where."""
+
+
+class ToolError(Exception):
+    """What went wrong, for the user; exit status ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,3 +304,26 @@ async def open_websocket(url: Url, headers: list[tuple[str, str]] | None = None,
         if isinstance(exc, RemoteProtocolError):
             raise ClientError(f"{url}: not a WebSocket handshake ({exc})") from None
         raise
+
+
+# -- running a tool ------------------------------------------------------------
+
+
+def run(main: Callable[[], Awaitable[Any]]) -> int:
+    """Run a tool's main: its exit status (0 done or stopped with Ctrl-C, 1
+    a failure, or what a ``ToolError`` says), its failure said on stderr."""
+    try:
+        result = trio.run(main)
+    except KeyboardInterrupt:
+        return 0
+    except ToolError as exc:
+        print(exc, file=sys.stderr)
+        return exc.status
+    except ClientError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `relay tail ... | head`: the reader has all it wanted.
+        sys.stderr.close()
+        return 0
+    return result if isinstance(result, int) else 0
