@@ -1,3 +1,5 @@
+"""``python -m relay``: the ``relay`` command (``relay.cli``)."""
+
 import sys
 
 from .cli import main

@@ -1,9 +1,12 @@
 """Where a webhook goes: channel templates, channel names and patterns.
 
-Pure functions. A route's channel template is compiled once at start; at
-ingest it is rendered from the route name, the request headers and the parsed
-payload. Subscriptions are channel names or prefix patterns (``github.*``,
-``*``); ``matches`` is the one definition of which events a pattern selects.
+Pure functions, and the one home of what a channel is: ``CHANNEL_RE``
+(``[A-Za-z0-9_.:-]{1,200}``), ``parse_pattern`` (the one check of a
+subscription: a channel, ``prefix.*`` or ``*``; the config, the JWT claims,
+the CLI and both transports use it) and ``matches`` (the one definition of
+which events a pattern selects; the hub's index agrees with it). A route's
+channel template is compiled once at start; at ingest it is rendered from
+the route name, the request headers and the parsed payload.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 
 from .errors import Invalid
 
-CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+_CHANNEL_CHARS = "A-Za-z0-9_.:-"
+CHANNEL_RE = re.compile(rf"^[{_CHANNEL_CHARS}]{{1,200}}$")
+_TEMPLATE_TEXT = re.compile(rf"[{_CHANNEL_CHARS}]*")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -60,7 +65,7 @@ def compile_template(source: str) -> Template:
     if rest:
         parts.append(_Part("text", rest))
     for part in parts:
-        if part.kind == "text" and not re.fullmatch(r"[A-Za-z0-9_.:-]*", part.value):
+        if part.kind == "text" and not _TEMPLATE_TEXT.fullmatch(part.value):
             raise TemplateError(f"{part.value!r} has characters a channel name cannot hold")
     return Template(source, tuple(parts), any(p.kind == "json" for p in parts))
 

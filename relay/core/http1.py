@@ -1,6 +1,6 @@
 """HTTP/1.1, server side, as a pure state machine: bytes in, events out, and
-the bytes of our answers out. No sockets, no clock; ``http.py`` is the trio
-shell around it.
+the bytes of our answers out. No sockets, no clock; ``relay.server.connection``
+is the trio shell around it.
 
 Why not h11 on this side: measured on our 2-core machines, h11 spends about
 35 µs parsing a 1 KiB webhook and 26 µs writing its 202, more than half of
@@ -13,7 +13,7 @@ colon, conflicting or malformed Content-Length, Content-Length beside
 Transfer-Encoding, a final coding other than chunked, several Host headers,
 control characters, a chunk line that is not exactly RFC 9112's). Each head
 line is judged as soon as it has ended. h11 remains the client in
-``client.py``; h11 and llhttp's request corpus are the oracles that
+``relay.client.client``; h11 and llhttp's request corpus are the oracles that
 ``tests/unit/test_http1.py`` and ``tests/unit/test_http1_llhttp.py`` hold
 this parser to.
 

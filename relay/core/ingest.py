@@ -1,7 +1,7 @@
 """The webhook's pure steps: route -> rate -> verify -> validate -> channel -> draft.
 
 ``build_routes`` compiles a config's routes once (templates, signature
-specs, schemas, rate buckets). At ingest, ``Routes.route`` finds a route by
+specs, schemas, rate buckets). At ingest, ``find_route`` finds a route by
 name, ``Route.admit`` takes a token of its rate, and ``Route.prepare``, given
 the request's headers, body and the time it was received, returns the
 ``Draft`` to store or raises the ``RelayError`` the sender gets. Times come

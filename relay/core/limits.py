@@ -1,5 +1,5 @@
 """How many connections the relay holds, and who may hold them: the rules,
-as plain counting over numbers the shell (``app.py``) passes in.
+as plain counting over numbers the shell (``relay.net.listener``) passes in.
 
 ``server.max_connections`` bounds every connection the relay holds at once:
 webhook senders, probes and scrapers, and subscribers. It is shared so that

@@ -48,7 +48,7 @@ How the pieces fit:
   issue 819: a client may not expect data at that point).
 - ``aclose`` sends close_notify and gives it ``CLOSE_TIMEOUT`` to reach the
   kernel (behind any ciphertext still waiting), then closes the socket.
-  Renegotiation is off (``server_context``): no handshake after the first.
+  Renegotiation is off (``relay.config.files.server_context``): no handshake after the first.
 """
 
 from __future__ import annotations
