@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config.model import StoreConfig
-from .base import Appended, Store
+from .base import Store
 
 
 def open_store(config: StoreConfig, publish: Callable[[list], None]) -> Store:
@@ -34,4 +34,4 @@ def open_store(config: StoreConfig, publish: Callable[[list], None]) -> Store:
     raise NotImplementedError(f"store.engine = {config.engine!r} is not available yet")
 
 
-__all__ = ["Appended", "Store", "open_store"]
+__all__ = ["Store", "open_store"]
