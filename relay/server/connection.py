@@ -82,7 +82,7 @@ class HttpConnection(Responder):
                 await self._close()
 
     async def _close(self) -> None:
-        conn = self.conn
+        conn = self._http
         if conn.their_state in (http1.SEND_BODY, http1.ERROR) and conn.our_state in (http1.DONE, http1.MUST_CLOSE):
             # We answered (413, 400) before reading all the client sent.
             # Closing with unread bytes makes the kernel reset the
@@ -118,19 +118,19 @@ class HttpConnection(Responder):
         wait for the first byte (idle keep-alive); once that byte came, the
         rest must follow within HEADER_TIMEOUT. One scope per request whose
         deadline moves is cheaper than a ``fail_after`` per read."""
-        event = self.conn.next_event()
+        event = self._http.next_event()
         if event is http1.NEED_DATA:
-            self.conn.receive_data(await self.receive())
-            event = self.conn.next_event()
+            self._http.receive_data(await self.receive())
+            event = self._http.next_event()
             if event is http1.NEED_DATA:
                 scope.deadline = trio.current_time() + HEADER_TIMEOUT
                 while event is http1.NEED_DATA:
-                    self.conn.receive_data(await self.receive())
-                    event = self.conn.next_event()
+                    self._http.receive_data(await self.receive())
+                    event = self._http.next_event()
         return event
 
     async def _serve(self) -> None:
-        conn, idle, stopping = self.conn, self.idle, self.closing.stopping
+        conn, idle, stopping = self._http, self.idle, self.closing.stopping
         # One cancel scope for the connection's life. Its deadline is the
         # idle wait, then the header timeout, while a request head is due;
         # an answer gets at least ANSWER_TIMEOUT. Moving a deadline costs a

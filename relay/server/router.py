@@ -68,14 +68,15 @@ class Closing:
 
 class Responder:
     """One request's exchange with its client: the body, the answer, the
-    stream. ``HttpConnection`` is one; handlers use nothing else of it."""
+    stream. ``HttpConnection`` is one; handlers use its public methods and
+    nothing else of it (the parser, ``_http``, is the connection's own)."""
 
-    __slots__ = ("stream", "conn", "fd", "head", "detached", "peer", "closing", "trusted")
+    __slots__ = ("stream", "_http", "fd", "head", "detached", "peer", "closing", "trusted")
 
-    def __init__(self, stream: trio.abc.Stream, conn: http1.Connection, fd: int | None, closing: Closing,
+    def __init__(self, stream: trio.abc.Stream, parser: http1.Connection, fd: int | None, closing: Closing,
                  trusted: Networks) -> None:
         self.stream = stream
-        self.conn = conn
+        self._http = parser
         self.fd = fd
         self.head = False  # the request is a HEAD: the answer's headers only
         self.detached = False  # the stream now belongs to a subscriber session
@@ -87,7 +88,7 @@ class Responder:
 
     @property
     def version(self) -> str:
-        return self.conn.version
+        return self._http.version
 
     def client_address(self, request: Request) -> str | None:
         """The peer's address; behind a trusted proxy, the client it names in
@@ -109,7 +110,7 @@ class Responder:
         deadline = trio.current_time() + BODY_TIMEOUT
         chunks: list[bytes] = []
         size = 0
-        conn = self.conn
+        conn = self._http
         closing = self.closing
         reading = closing.reading
         while True:
@@ -168,14 +169,14 @@ class Responder:
         if self.closing.stopping.is_set() and ("connection", "close") not in hs:
             hs.append(("connection", "close"))
         # A HEAD answer has the headers of GET, no body.
-        await self.write(self.conn.respond(status, hs, b"" if self.head else body))
+        await self.write(self._http.respond(status, hs, b"" if self.head else body))
 
     async def send_empty(self, status: int, headers: list[tuple[str, str]]) -> None:
         """An answer with no body and so no Content-Length (RFC 9110 8.6:
         a 204), which ``send`` would add."""
         if self.closing.stopping.is_set():
             headers.append(("connection", "close"))
-        await self.write(self.conn.respond(status, headers))
+        await self.write(self._http.respond(status, headers))
 
     async def send_error(self, error: RelayError) -> None:
         headers: list[tuple[str, str]] = []
@@ -192,7 +193,7 @@ class Responder:
 
     async def fail(self, error: RelayError, status: int | None = None) -> None:
         """Answer ``error``, unless an answer has begun already."""
-        if self.conn.our_state is not http1.SEND_RESPONSE:
+        if self._http.our_state is not http1.SEND_RESPONSE:
             return
         if status is not None:
             error.status = status
@@ -200,9 +201,9 @@ class Responder:
 
     async def bad_http(self, exc: http1.ProtocolError) -> None:
         """Answer a request the parser refused; the connection ends after it."""
-        if self.conn.our_state in (http1.IDLE, http1.SEND_RESPONSE):
+        if self._http.our_state in (http1.IDLE, http1.SEND_RESPONSE):
             body = envelope.encode({"error": "bad_request", "detail": f"malformed HTTP: {exc.detail}"})
-            data = self.conn.refuse(exc.status, [
+            data = self._http.refuse(exc.status, [
                 ("content-type", "application/json"), ("content-length", str(len(body)))], body)
             await self.write(data)
 
@@ -210,9 +211,9 @@ class Responder:
         """Send the head that ends HTTP on this connection (a 101, an event
         stream's 200); the stream now belongs to a subscriber session. The
         stream, and the bytes read past the request."""
-        await self.write(self.conn.switch(status, headers))
+        await self.write(self._http.switch(status, headers))
         self.detached = True
-        return self.stream, self.conn.trailing_data
+        return self.stream, self._http.trailing_data
 
     async def write(self, data: bytes) -> None:
         """Try one non-blocking write first: an answer nearly always fits the
