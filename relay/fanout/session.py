@@ -62,9 +62,6 @@ class Sessions:
         for session in list(self.live):
             session.wake()
 
-    def __len__(self) -> int:
-        return len(self.live)
-
     def by_transport(self) -> Counter[str]:
         return Counter(session.sub.transport for session in list(self.live))
 
