@@ -82,10 +82,12 @@ def test_a_bucket_that_could_never_admit_is_refused_when_built(rate, burst):
 )
 def test_never_more_than_burst_plus_rate_times_elapsed(rate, burst, steps):
     bucket = TokenBucket(rate, burst)
-    now, start, latest, admitted = 0.0, 0.0, 0.0, 0
+    now, start, latest, admitted = 0.0, None, None, 0
     for step in steps:
         now += step
-        latest = max(latest, now)
+        # The bucket's clock starts at the first time it is given.
+        start = now if start is None else start
+        latest = now if latest is None else max(latest, now)
         wait = bucket.take(now)
         assert wait >= 0.0
         if wait == 0.0:
