@@ -1,0 +1,490 @@
+"""The relay as a webhook sender: every endpoint's deliveries, in one task.
+
+How an event travels: the hub tells the service a batch was published
+(``published``); the puller reads, for each endpoint with room, the stored
+events after where it last looked on its channels, and owes each one a
+delivery: a row in the store, with the endpoint's cursor, in one write, then
+an entry in the endpoint's ``Plan`` (``relay.core.delivery``). The scheduler
+sleeps until the earliest moment a plan may start something, starts those
+attempts as tasks under the endpoint's cap and a global cap on outbound
+connections, and each attempt's verdict (delivered, retry at, failed,
+disable) is persisted in the next batch. Waiting deliveries cost a row and a
+heap entry, never a task: thousands can wait on retries while ingest and
+fan-out go on untouched.
+
+Failure stays with its endpoint: an endpoint that never answers holds at
+most its own cap of attempts (one, once it has failed), each bounded by
+``timeout``; the others' attempts start as before.
+
+In cluster mode an endpoint is served by the relay that holds its lease; the
+lease outlives an attempt's timeout, so a relay that dies mid-attempt leaves
+the endpoint to another only after that attempt could have ended.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..core import whsec
+from ..core.addresses import Network
+from ..core.channels import matches
+from ..core.delivery import DELIVERED, FAILED, RETRY, Plan, Policy, outcome_class, parse_retry_after
+from ..core.envelope import Event
+from ..core.wire import body_of
+from ..store import Store, StoreUnavailable
+from . import client
+from .log import DeliveryLog
+from .model import PENDING, Attempt, Endpoint, Row
+
+log = logging.getLogger("relay.outbound")
+
+# Deliveries an endpoint may owe at once (rows waiting or in flight); the
+# rest of its backlog stays in the log until these are done.
+WINDOW = 1000
+# Seconds between persisting batches of verdicts, at most.
+FLUSH_EVERY = 0.05
+# A lease lasts this much longer than an attempt may take.
+LEASE_MARGIN = 10.0
+# Seconds between reloading endpoints other relays may have changed.
+RELOAD_EVERY = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    timeout: float = 15.0
+    retry: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+    jitter: float = 0.2
+    max_in_flight: int = 8
+    max_connections: int = 512
+    https_only: bool = False
+    allow_private: tuple[Network, ...] = ()
+    disable_after: float = 432000.0
+
+    def policy(self, endpoint: Endpoint) -> Policy:
+        return Policy(retry=self.retry, jitter=self.jitter, disable_after=self.disable_after,
+                      max_in_flight=self.max_in_flight, ordered=endpoint.ordered, rate=endpoint.rate)
+
+
+@dataclass(slots=True)
+class Live:
+    """An endpoint this relay serves: its record, plan and what it has read."""
+
+    endpoint: Endpoint
+    plan: Plan
+    seen: Any  # the log key up to which its channels were read
+    events: dict[str, Event] = field(default_factory=dict)  # bodies of deliveries owed, when known
+    failed: set[str] = field(default_factory=set)  # event ids whose delivery failed (kept, recoverable)
+    leased: bool = True
+
+
+class Outbound:
+    def __init__(self, settings: Settings, configured: Sequence[Endpoint], store: Store, dlog: DeliveryLog,
+                 now: Callable[[], float], cluster: bool = False,
+                 on_attempt: Callable[[str, str, float | None], None] | None = None) -> None:
+        self.settings = settings
+        self.configured = {e.id: e for e in configured}
+        self.store = store
+        self.dlog = dlog
+        self.now = now
+        self.cluster = cluster
+        self.holder = secrets.token_hex(8)
+        self.live: dict[str, Live] = {}
+        self.known: dict[str, Endpoint] = {}  # every endpoint, served here or not
+        self._heap: list[tuple[float, int, str]] = []
+        self._tie = itertools.count()
+        self._wake = trio.lowlevel.ParkingLot()
+        self._pull = trio.Event()
+        self._flush = trio.Event()
+        self._put: dict[tuple[str, str], Row] = {}
+        self._done: set[tuple[str, str]] = set()
+        self._attempts: list[Attempt] = []
+        self._changed: dict[str, Endpoint] = {}
+        self._limiter = trio.CapacityLimiter(settings.max_connections)
+        self._nursery: trio.Nursery | None = None
+        self._rng = random.Random()
+        # Called after each attempt: (endpoint id, outcome class, seconds from
+        # receipt to a 2xx or None) - relay.metrics counts them.
+        self.on_attempt = on_attempt
+        self.attempts_by_outcome: dict[tuple[str, str], int] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        await self._load()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._puller)
+            nursery.start_soon(self._scheduler)
+            nursery.start_soon(self._flusher)
+            if self.cluster:
+                nursery.start_soon(self._leases)
+            task_status.started()
+            self._pull.set()
+
+    async def _load(self) -> None:
+        stored, rows = await self.dlog.load()
+        now = self.now()
+        by_id = {e.id: e for e in stored}
+        for endpoint_id, conf in self.configured.items():
+            kept = by_id.get(endpoint_id)
+            if kept is not None and kept.source == "config":
+                # The file decides what it sends; the store keeps how far it got.
+                merged = _configured(conf, kept)
+            else:
+                merged = conf
+                merged.created = now
+                merged.cursor = self._since(conf.cursor)
+                await self.dlog.save_endpoint(merged)
+            by_id[endpoint_id] = merged
+        for endpoint_id, kept in list(by_id.items()):
+            if kept.source == "config" and endpoint_id not in self.configured:
+                # Removed from the file: forget it, its rows and attempts.
+                await self.dlog.delete_endpoint(endpoint_id)
+                del by_id[endpoint_id]
+        self.known = by_id
+        owed: dict[str, list[Row]] = {}
+        for row in rows:
+            if row.endpoint in by_id:
+                owed.setdefault(row.endpoint, []).append(row)
+        for endpoint in by_id.values():
+            if not self.cluster:
+                self._serve(endpoint, owed.get(endpoint.id, []))
+
+    def _since(self, since: str) -> str:
+        """The cursor a new endpoint starts from: "now" is the log's head."""
+        return self.store.head if since == "now" else since
+
+    def _serve(self, endpoint: Endpoint, rows: Sequence[Row]) -> Live:
+        plan = Plan(self.settings.policy(endpoint), enabled=endpoint.enabled)
+        live = Live(endpoint, plan, self.store.parse_id(endpoint.cursor))
+        for row in rows:
+            if row.state == PENDING:
+                plan.add(row.event_id, self.store.parse_id(row.event_id), row.attempt, row.due)
+            else:
+                live.failed.add(row.event_id)
+        self.live[endpoint.id] = live
+        self._schedule(live)
+        return live
+
+    # -- the hub's side ----------------------------------------------------------
+
+    def published(self, events: Sequence[Event]) -> None:
+        """Events were stored (called by the hub, synchronously): look."""
+        self._pull.set()
+
+    # -- reading what endpoints owe -------------------------------------------------
+
+    async def _puller(self) -> None:
+        while True:
+            await self._pull.wait()
+            self._pull = trio.Event()
+            for live in list(self.live.values()):
+                if live.leased and live.plan.enabled:
+                    try:
+                        await self._read(live)
+                    except StoreUnavailable as exc:
+                        log.warning("outbound: cannot read the log for %s: %s", live.endpoint.id, exc.detail)
+                        with trio.move_on_after(1.0):
+                            await trio.sleep_forever()
+                        self._pull.set()
+                        break
+            await trio.sleep(FLUSH_EVERY)  # coalesce: one look per batch of publishes
+
+    async def _read(self, live: Live) -> None:
+        endpoint = live.endpoint
+        room = WINDOW - len(live.plan) - len(live.plan.in_flight)
+        if room <= 0:
+            return
+        page = await self.store.read_page(live.seen, endpoint.channels, room)
+        if page.pruned > live.seen:
+            # Retention dropped events this endpoint never took (it was
+            # disabled or behind for longer than the log keeps them).
+            note = Attempt(endpoint=endpoint.id, event_id=endpoint.cursor, attempt=0, at=self.now(), status=None,
+                           error="expired", duration_ms=0.0,
+                           response="events after this id were dropped by retention before they could be sent")
+            self._attempts.append(note)
+            self._flush.set()
+        if page.events:
+            now = self.now()
+            rows = [Row(endpoint.id, e.id, 1, now) for e in page.events]
+            endpoint.cursor = page.events[-1].id
+            await self.dlog.take(endpoint, rows)
+            for event in page.events:
+                live.events[event.id] = event
+                live.plan.add(event.id, event.key, 1, now)
+            live.seen = page.events[-1].key
+            self._schedule(live)
+        if not page.more:
+            live.seen = max(live.seen, page.head)
+        else:
+            self._pull.set()
+
+    # -- attempts -------------------------------------------------------------------
+
+    def _schedule(self, live: Live) -> None:
+        wake = live.plan.wake_at(self.now())
+        if wake is not None:
+            heapq.heappush(self._heap, (wake, next(self._tie), live.endpoint.id))
+            if self._heap[0][2] == live.endpoint.id:
+                self._wake.unpark_all()
+
+    async def _scheduler(self) -> None:
+        assert self._nursery is not None
+        while True:
+            heap = self._heap
+            now = self.now()
+            while heap and heap[0][0] <= now:
+                _, _, endpoint_id = heapq.heappop(heap)
+                live = self.live.get(endpoint_id)
+                if live is None or not live.leased:
+                    continue
+                for event_id, key, attempt in live.plan.take(now):
+                    self._nursery.start_soon(self._attempt, live, event_id, key, attempt)
+                self._schedule(live)
+                now = self.now()
+            if heap:
+                with trio.move_on_after(max(0.0, heap[0][0] - now)):
+                    await self._wake.park()
+            else:
+                await self._wake.park()
+
+    async def _event(self, live: Live, event_id: str, key: Any) -> Event | None:
+        event = live.events.get(event_id)
+        if event is None:
+            found = await self.store.read_page(_before(key), ["*"], 1)
+            if found.events and found.events[0].id == event_id:
+                event = found.events[0]
+        return event
+
+    async def _attempt(self, live: Live, event_id: str, key: Any, attempt: int) -> None:
+        endpoint = live.endpoint
+        try:
+            event = await self._event(live, event_id, key)
+        except StoreUnavailable:
+            event = None
+            answer = client.Answer(None, "store", 0.0, detail="the event store did not answer")
+        else:
+            if event is None:
+                answer = client.Answer(None, "expired", 0.0,
+                                       detail="retention dropped the event before it could be sent")
+            else:
+                async with self._limiter:
+                    answer = await self._send(endpoint, event, attempt)
+        now = self.now()
+        expired = answer.error == "expired"
+        verdict = live.plan.finished(event_id, key, attempt, answer.status, answer.error,
+                                     parse_retry_after(answer.retry_after, now), now, self._rng.random())
+        if expired and verdict.kind == RETRY:
+            live.plan.drop(event_id)  # nothing left to send: fail it now
+            verdict = type(verdict)(FAILED, disable=verdict.disable)
+        self._attempts.append(Attempt(endpoint=endpoint.id, event_id=event_id, attempt=attempt, at=now,
+                                      status=answer.status, error=answer.error,
+                                      duration_ms=round(answer.seconds * 1000, 3),
+                                      response=answer.body.decode("utf-8", "replace") or answer.detail))
+        outcome = outcome_class(answer.status, answer.error)
+        counted = (endpoint.id, outcome)
+        self.attempts_by_outcome[counted] = self.attempts_by_outcome.get(counted, 0) + 1
+        latency = None
+        if verdict.kind == DELIVERED:
+            self._done.add((endpoint.id, event_id))
+            self._put.pop((endpoint.id, event_id), None)
+            live.events.pop(event_id, None)
+            endpoint.delivered += 1
+            endpoint.last_success = now
+            if event is not None:
+                latency = max(0.0, now - event.ts / 1000)
+        else:
+            endpoint.last_failure = now
+            if verdict.kind == RETRY:
+                assert verdict.due is not None
+                self._put[(endpoint.id, event_id)] = Row(endpoint.id, event_id, attempt + 1, verdict.due)
+            else:
+                self._put[(endpoint.id, event_id)] = Row(endpoint.id, event_id, attempt, now, "failed")
+                live.failed.add(event_id)
+                live.events.pop(event_id, None)
+                endpoint.failed += 1
+        if verdict.disable is not None and endpoint.enabled:
+            endpoint.enabled = False
+            endpoint.disabled_reason = verdict.disable
+            log.warning("outbound: endpoint %s disabled: %s", endpoint.id, verdict.disable)
+        self._changed[endpoint.id] = endpoint
+        self._flush.set()
+        if self.on_attempt is not None:
+            self.on_attempt(endpoint.id, outcome, latency)
+        self._schedule(live)
+        if verdict.kind != RETRY:
+            self._pull.set()  # room for more
+
+    async def _send(self, endpoint: Endpoint, event: Event, attempt: int) -> client.Answer:
+        now = self.now()
+        if endpoint.format == "envelope":
+            body, headers = event.envelope, [("Content-Type", "application/json")]
+        else:
+            content_type, forwarded, body = body_of(event.envelope)
+            headers = [("Content-Type", content_type), *forwarded]
+        headers += list(endpoint.headers.items())
+        try:
+            signed = whsec.headers(endpoint.secrets, event.id, now, body)
+        except whsec.SecretError as exc:
+            return client.Answer(None, "secret", 0.0, detail=str(exc))
+        headers += list(signed.items())
+        headers += [("relay-channel", event.channel), ("relay-attempt", str(attempt))]
+        return await client.post(endpoint.url, headers, body, timeout=self.settings.timeout,
+                                 allow=self.settings.allow_private)
+
+    # -- persistence ------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush.wait()
+            self._flush = trio.Event()
+            await trio.sleep(FLUSH_EVERY)
+            put, self._put = list(self._put.values()), {}
+            done, self._done = list(self._done), set()
+            attempts, self._attempts = self._attempts, []
+            changed, self._changed = list(self._changed.values()), {}
+            try:
+                await self.dlog.apply(put, done, attempts, changed)
+            except StoreUnavailable as exc:
+                log.warning("outbound: cannot persist delivery state: %s; retrying", exc.detail)
+                for row in put:
+                    self._put.setdefault((row.endpoint, row.event_id), row)
+                self._done.update(key for key in done if key not in self._put)
+                self._attempts[:0] = attempts
+                for endpoint in changed:
+                    self._changed.setdefault(endpoint.id, endpoint)
+                self._flush.set()
+                await trio.sleep(1.0)
+
+    async def flush(self) -> None:
+        """Persist what is pending now (for shutdown)."""
+        put, self._put = list(self._put.values()), {}
+        done, self._done = list(self._done), set()
+        attempts, self._attempts = self._attempts, []
+        changed, self._changed = list(self._changed.values()), {}
+        if put or done or attempts or changed:
+            await self.dlog.apply(put, done, attempts, changed)
+
+    # -- the cluster's leases -------------------------------------------------------
+
+    async def _leases(self) -> None:
+        ttl = self.settings.timeout + LEASE_MARGIN
+        while True:
+            try:
+                stored, rows = await self.dlog.load()
+                self.known = {e.id: e for e in stored}
+                owed: dict[str, list[Row]] = {}
+                for row in rows:
+                    owed.setdefault(row.endpoint, []).append(row)
+                for endpoint_id in list(self.live):
+                    if endpoint_id not in self.known:
+                        self.live.pop(endpoint_id).leased = False
+                for endpoint in self.known.values():
+                    held = await self.dlog.lease(endpoint.id, self.holder, ttl)
+                    live = self.live.get(endpoint.id)
+                    if held and live is None:
+                        self._serve(endpoint, owed.get(endpoint.id, []))
+                        self._pull.set()
+                    elif not held and live is not None:
+                        live.leased = False
+                        del self.live[endpoint.id]
+            except StoreUnavailable as exc:
+                log.warning("outbound: leases: %s", exc.detail)
+            await trio.sleep(min(RELOAD_EVERY, ttl / 3))
+
+    # -- what the API asks -------------------------------------------------------------
+
+    def pending(self, endpoint_id: str) -> int:
+        live = self.live.get(endpoint_id)
+        return len(live.plan) if live is not None else 0
+
+    def in_flight(self, endpoint_id: str) -> int:
+        live = self.live.get(endpoint_id)
+        return len(live.plan.in_flight) if live is not None else 0
+
+    async def create(self, endpoint: Endpoint) -> Endpoint:
+        endpoint.created = self.now()
+        endpoint.cursor = self._since(endpoint.cursor)
+        await self.dlog.save_endpoint(endpoint)
+        self.known[endpoint.id] = endpoint
+        if not self.cluster:
+            self._serve(endpoint, [])
+            self._pull.set()
+        return endpoint
+
+    async def update(self, endpoint: Endpoint) -> None:
+        await self.dlog.save_endpoint(endpoint)
+        self.known[endpoint.id] = endpoint
+        live = self.live.get(endpoint.id)
+        if live is not None:
+            was = live.plan.enabled
+            live.endpoint = endpoint
+            live.plan.policy = self.settings.policy(endpoint)
+            if endpoint.enabled and not was:
+                live.plan.enable()
+                self._pull.set()
+            elif not endpoint.enabled:
+                live.plan.enabled = False
+            self._schedule(live)
+
+    async def delete(self, endpoint_id: str) -> None:
+        await self.dlog.delete_endpoint(endpoint_id)
+        self.known.pop(endpoint_id, None)
+        live = self.live.pop(endpoint_id, None)
+        if live is not None:
+            live.leased = False
+
+    async def recover(self, endpoint_id: str, since: str) -> int:
+        """Every failed delivery after ``since`` waits for a first attempt
+        again; the endpoint restarts from one attempt at a time."""
+        live = self.live.get(endpoint_id)
+        if live is None:
+            return 0
+        after = self.store.parse_id(since)
+        now = self.now()
+        again = sorted((e for e in live.failed if self.store.parse_id(e) > after), key=self.store.parse_id)
+        rows = []
+        for event_id in again:
+            live.failed.discard(event_id)
+            live.plan.add(event_id, self.store.parse_id(event_id), 1, now)
+            rows.append(Row(endpoint_id, event_id, 1, now))
+        if again:
+            live.endpoint.failed = max(0, live.endpoint.failed - len(again))
+            live.plan.enable() if live.endpoint.enabled else None
+            await self.dlog.apply(rows, [], [], [live.endpoint])
+            self._schedule(live)
+        return len(again)
+
+
+def _configured(conf: Endpoint, kept: Endpoint) -> Endpoint:
+    conf.cursor = kept.cursor
+    conf.created = kept.created
+    conf.delivered, conf.failed = kept.delivered, kept.failed
+    conf.last_success, conf.last_failure = kept.last_success, kept.last_failure
+    conf.enabled, conf.disabled_reason = kept.enabled, kept.disabled_reason
+    # A rotation made through the API outlives restarts; the file's secret
+    # is added when it is not among them (it was changed in the file).
+    values = {s.value for s in kept.secrets}
+    conf.secrets = kept.secrets if all(s.value in values for s in conf.secrets) else conf.secrets
+    return conf
+
+
+def _before(key: Any) -> Any:
+    """The key just before ``key`` in the log's order (for a read of one event)."""
+    if isinstance(key, int):
+        return key - 1
+    ms, seq = key
+    return (ms, seq - 1) if seq > 0 else (ms - 1, 2**64 - 1)
+
+
+def channel_matches(endpoint: Endpoint, channel: str) -> bool:
+    return any(matches(p, channel) for p in endpoint.channels)
