@@ -19,46 +19,11 @@ from typing import IO
 import msgspec
 
 from ..core import wire
+from ..core.wire import body_of, data_of, header  # noqa: F401 (the tools' names for them)
 from .client import parse_url
 from .subscriber import subscribe
 
 _any = msgspec.json.Decoder()
-
-
-def header(headers: dict[str, str], name: str) -> str | None:
-    name = name.lower()
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return None
-
-
-def data_of(frame: wire.Envelope, text: str) -> bytes:
-    """The envelope's ``data`` exactly as stored, whitespace around it included.
-
-    ``msgspec.Raw`` holds the value without the blanks a body may start or end
-    with (a trailing newline is common), and a signature covers those too.
-    ``data`` is the envelope's last member, so its text runs from the colon
-    after the key to the closing brace.
-    """
-    whole = text.encode("utf-8")
-    token = bytes(frame.data)
-    end = whole.rstrip().rindex(b"}")
-    start = whole.rindex(token, 0, end) if token else end
-    colon = whole.rindex(b":", 0, start) if token else end
-    if whole[colon + 1:start].strip():
-        return token  # not the layout the relay writes: the value itself is the best there is
-    return whole[colon + 1:end]
-
-
-def body_of(frame: wire.Envelope, text: str) -> bytes:
-    """The webhook's body exactly as the sender posted it."""
-    raw = data_of(frame, text)
-    content_type = (header(frame.headers, "content-type") or "").split(";", 1)[0].strip().lower()
-    if content_type == "application/x-www-form-urlencoded":
-        # A form body travels as a JSON string holding it verbatim.
-        return _any.decode(raw).encode("utf-8")
-    return raw
 
 
 def _style(on: bool) -> Callable[[str, str], str]:

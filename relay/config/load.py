@@ -30,7 +30,9 @@ from ..core.channels import TemplateError, compile_template, parse_pattern
 from ..core.errors import ConfigError
 from ..core.schema import load_schema
 from . import files
-from .model import AuthConfig, Config, DeliveryConfig, LogConfig, RouteConfig, ServerConfig, StoreConfig
+from ..core import addresses, whsec
+from .model import (AuthConfig, Config, DeliveryConfig, EndpointConfig, LogConfig, OutboundConfig, RouteConfig,
+                    ServerConfig, StoreConfig)
 
 ROUTE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
@@ -40,6 +42,7 @@ _SECTIONS: dict[str, type[Struct]] = {
     "store": StoreConfig,
     "delivery": DeliveryConfig,
     "auth": AuthConfig,
+    "outbound": OutboundConfig,
 }
 
 
@@ -179,7 +182,7 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
 
     parts: dict[str, object] = {}
     for name, value in raw.items():
-        if name == "routes":
+        if name in ("routes", "endpoints"):
             continue
         section = _SECTIONS.get(name)
         if section is None:
@@ -201,6 +204,19 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         decoded = _decode(value, RouteConfig, key, problems)
         if decoded is not _BAD:
             routes[name] = decoded
+
+    endpoints: dict[str, EndpointConfig] = {}
+    raw_endpoints = raw.get("endpoints", {})
+    if not isinstance(raw_endpoints, dict):
+        problems.append(("endpoints", "expected a table of endpoints"))
+        raw_endpoints = {}
+    for name, value in raw_endpoints.items():
+        key = f"endpoints.{name}"
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name):
+            problems.append((key, "endpoint ids use 1-64 letters, digits, '_', '.', '-'"))
+        decoded = _decode(value, EndpointConfig, key, problems)
+        if decoded is not _BAD:
+            endpoints[name] = decoded
 
     server: ServerConfig = parts.get("server", ServerConfig())  # type: ignore[assignment]
     if "server" in parts and (why := _check_listen(server.listen)):
@@ -300,10 +316,57 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
             problems.append((f"auth.origins[{i}]", f"{origin!r}: expected scheme://host[:port], no path"))
 
+    endpoint_secrets = _check_endpoints(parts.get("outbound", OutboundConfig()), endpoints, env,  # type: ignore[arg-type]
+                                        store, problems)
+
     if problems:
         raise ConfigError(problems)
     return Config(routes=routes, secrets=secrets, tokens=tokens, admin_token=admin_token, jwt_key=jwt_key,
-                  jwt_is_public=jwt_is_public, **parts)  # type: ignore[arg-type]
+                  jwt_is_public=jwt_is_public, endpoints=endpoints, endpoint_secrets=endpoint_secrets,
+                  **parts)  # type: ignore[arg-type]
+
+
+def _check_endpoints(outbound: OutboundConfig, endpoints: dict[str, EndpointConfig], env: dict[str, str],
+                     store: StoreConfig, problems: list[tuple[str, str]]) -> dict[str, str]:
+    """The outbound endpoints' rules, and their secrets by id."""
+    allow: list[addresses.Network] = []
+    for i, cidr in enumerate(outbound.allow_private):
+        try:
+            allow += addresses.networks([cidr])
+        except ValueError as exc:
+            problems.append((f"outbound.allow_private[{i}]", str(exc)))
+    found: dict[str, str] = {}
+    for name, endpoint in endpoints.items():
+        key = f"endpoints.{name}"
+        why = addresses.url_problem(endpoint.url, outbound.https_only, allow)
+        if why:
+            problems.append((f"{key}.url", f"{endpoint.url!r}: {why}"))
+        if not endpoint.channels:
+            problems.append((f"{key}.channels", "name at least one channel or pattern"))
+        for i, pattern in enumerate(endpoint.channels):
+            try:
+                parse_pattern(pattern)
+            except ValueError as exc:
+                problems.append((f"{key}.channels[{i}]", f"{pattern!r}: {exc}"))
+        if (endpoint.secret is None) == (endpoint.secret_env is None):
+            problems.append((f"{key}.secret", "give secret or secret_env (one of them)"))
+            continue
+        value = endpoint.secret if endpoint.secret is not None else env.get(endpoint.secret_env or "")
+        if not value:
+            problems.append((f"{key}.secret_env", f"environment variable {endpoint.secret_env} is not set"))
+            continue
+        try:
+            whsec.decode(value)
+        except whsec.SecretError as exc:
+            problems.append((f"{key}.secret" if endpoint.secret is not None else f"{key}.secret_env", str(exc)))
+            continue
+        if endpoint.since not in ("now", ""):
+            ok = endpoint.since.isdigit() if store.engine != "redis" else bool(
+                re.match(r"^\d+-\d+$", endpoint.since))
+            if not ok:
+                problems.append((f"{key}.since", f"{endpoint.since!r}: \"now\", \"\" or an event id of this store"))
+        found[name] = value
+    return found
 
 
 def load(path: str, env: dict[str, str] | None = None) -> Config:

@@ -97,6 +97,32 @@ class RouteConfig(_Section):
         return ("json", "form") if self.verify == "slack" else ("json",)
 
 
+class OutboundConfig(_Section):
+    """Defaults for every outbound endpoint (contract section 9)."""
+
+    timeout: PositiveFloat = 15.0
+    retry: Annotated[tuple[Annotated[float, Meta(ge=0)], ...], Meta(min_length=1, max_length=100)] = (
+        0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    max_in_flight: PositiveInt = 8
+    max_connections: PositiveInt = 512
+    https_only: bool = False
+    allow_private: list[str] = []
+    disable_after: PositiveFloat = 432000.0
+
+
+class EndpointConfig(_Section):
+    url: str
+    channels: list[str]
+    secret_env: str | None = None
+    secret: str | None = None
+    format: Literal["data", "envelope"] = "data"
+    ordered: bool = False
+    rate: PositiveFloat | None = None
+    headers: dict[str, str] = {}
+    since: str = "now"
+
+
 class Config(Struct, frozen=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
@@ -104,12 +130,15 @@ class Config(Struct, frozen=True, kw_only=True):
     delivery: DeliveryConfig = DeliveryConfig()
     auth: AuthConfig = AuthConfig()
     routes: dict[str, RouteConfig] = {}
+    outbound: OutboundConfig = OutboundConfig()
+    endpoints: dict[str, EndpointConfig] = {}
     # Filled in by ``parse``: secrets read from the environment, by route name;
     # subscriber tokens (value -> channel patterns); the admin token (read
     # once, here: nothing else looks at the environment for it).
     secrets: dict[str, tuple[bytes, ...]] = {}
     tokens: dict[str, tuple[str, ...]] = {}
     admin_token: str | None = None
+    endpoint_secrets: dict[str, str] = {}  # endpoint id -> its whsec_ secret
     jwt_key: bytes | None = None  # the HS256 secret, or the PEM public key
     jwt_is_public: bool = False
 

@@ -20,7 +20,7 @@ from ..core import whsec
 from ..core.addresses import url_problem
 from ..core.channels import parse_pattern
 from ..core.errors import Invalid, NotFound, RelayError
-from .model import Attempt, Endpoint
+from ..core.endpoints import Attempt, Endpoint
 from .service import Outbound
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -183,6 +183,7 @@ async def change(service: Outbound, endpoint_id: str, body: bytes) -> tuple[int,
             updated.disabled_reason = None
         elif endpoint.enabled:
             updated.disabled_reason = "disabled through the API"
+    updated.revision += 1
     await service.update(updated)
     return 200, show(service, updated)
 
@@ -198,7 +199,8 @@ async def rotate(service: Outbound, endpoint_id: str,
                  random: Callable[[int], bytes] = random_secrets.token_bytes) -> tuple[int, Any]:
     endpoint = _endpoint(service, endpoint_id)
     new = whsec.make(random(32))
-    updated = msgspec.structs.replace(endpoint, secrets=whsec.rotate(endpoint.secrets, new, service.now()))
+    updated = msgspec.structs.replace(endpoint, secrets=whsec.rotate(endpoint.secrets, new, service.now()),
+                                      revision=endpoint.revision + 1)
     await service.update(updated)
     return 200, {"id": endpoint_id, "secret": new,
                  "previous_until": min((s.expires for s in updated.secrets if s.expires is not None),

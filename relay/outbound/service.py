@@ -32,18 +32,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from ..core import whsec
 from ..core.addresses import Network
 from ..core.channels import matches
 from ..core.delivery import DELIVERED, FAILED, RETRY, Plan, Policy, outcome_class, parse_retry_after
+from ..core.endpoints import PENDING, Attempt, Endpoint, Row
 from ..core.envelope import Event
-from ..core.wire import body_of
-from ..store import Store, StoreUnavailable
+from ..core.errors import StoreUnavailable
+from ..core.wire import received
+from ..store.base import Store
+from ..store.deliveries import DeliveryLog
 from . import client
-from .log import DeliveryLog
-from .model import PENDING, Attempt, Endpoint, Row
 
 log = logging.getLogger("relay.outbound")
 
@@ -52,8 +54,9 @@ log = logging.getLogger("relay.outbound")
 WINDOW = 1000
 # Seconds between persisting batches of verdicts, at most.
 FLUSH_EVERY = 0.05
-# A lease lasts this much longer than an attempt may take.
-LEASE_MARGIN = 10.0
+# A lease lasts this much longer than an attempt may take: half the timeout
+# again, and two seconds for the renewal's own round trip.
+LEASE_MARGIN = 2.0
 # Seconds between reloading endpoints other relays may have changed.
 RELOAD_EVERY = 5.0
 
@@ -137,7 +140,9 @@ class Outbound:
         for endpoint_id, conf in self.configured.items():
             kept = by_id.get(endpoint_id)
             if kept is not None and kept.source == "config":
-                # The file decides what it sends; the store keeps how far it got.
+                # The file decides what it sends; the store keeps how far it
+                # got (and another relay of a cluster may be moving it now:
+                # nothing is written back here).
                 merged = _configured(conf, kept)
             else:
                 merged = conf
@@ -266,6 +271,15 @@ class Outbound:
         return event
 
     async def _attempt(self, live: Live, event_id: str, key: Any, attempt: int) -> None:
+        try:
+            await self._attempt_once(live, event_id, key, attempt)
+        except Exception:
+            # One endpoint's broken attempt must not stop the others (nor the
+            # relay): the delivery waits for a retry after a restart.
+            log.exception("outbound: an attempt for %s failed unexpectedly", live.endpoint.id)
+            live.plan.in_flight.pop(event_id, None)
+
+    async def _attempt_once(self, live: Live, event_id: str, key: Any, attempt: int) -> None:
         endpoint = live.endpoint
         try:
             event = await self._event(live, event_id, key)
@@ -329,8 +343,8 @@ class Outbound:
         if endpoint.format == "envelope":
             body, headers = event.envelope, [("Content-Type", "application/json")]
         else:
-            content_type, forwarded, body = body_of(event.envelope)
-            headers = [("Content-Type", content_type), *forwarded]
+            forwarded, body = received(event.envelope)
+            headers = list(forwarded.items())
         headers += list(endpoint.headers.items())
         try:
             signed = whsec.headers(endpoint.secrets, event.id, now, body)
@@ -377,11 +391,28 @@ class Outbound:
     # -- the cluster's leases -------------------------------------------------------
 
     async def _leases(self) -> None:
-        ttl = self.settings.timeout + LEASE_MARGIN
+        ttl = self.settings.timeout * 1.5 + LEASE_MARGIN
         while True:
             try:
                 stored, rows = await self.dlog.load()
-                self.known = {e.id: e for e in stored}
+                known = {}
+                for e in stored:
+                    conf = self.configured.get(e.id)
+                    known[e.id] = _configured(msgspec.structs.replace(conf), e) if conf is not None else e
+                for endpoint_id, live in self.live.items():
+                    newer = known.get(endpoint_id)
+                    if newer is not None and newer.revision > live.endpoint.revision:
+                        # Changed through another relay's API: adopt it,
+                        # keeping the delivery state this relay moves.
+                        _adopt(live.endpoint, newer)
+                        live.plan.policy = self.settings.policy(live.endpoint)
+                        if live.endpoint.enabled and not live.plan.enabled:
+                            live.plan.enable()
+                        elif not live.endpoint.enabled:
+                            live.plan.enabled = False
+                    if newer is not None:
+                        known[endpoint_id] = live.endpoint
+                self.known = known
                 owed: dict[str, list[Row]] = {}
                 for row in rows:
                     owed.setdefault(row.endpoint, []).append(row)
@@ -468,6 +499,7 @@ class Outbound:
 def _configured(conf: Endpoint, kept: Endpoint) -> Endpoint:
     conf.cursor = kept.cursor
     conf.created = kept.created
+    conf.revision = kept.revision
     conf.delivered, conf.failed = kept.delivered, kept.failed
     conf.last_success, conf.last_failure = kept.last_success, kept.last_failure
     conf.enabled, conf.disabled_reason = kept.enabled, kept.disabled_reason
@@ -476,6 +508,12 @@ def _configured(conf: Endpoint, kept: Endpoint) -> Endpoint:
     values = {s.value for s in kept.secrets}
     conf.secrets = kept.secrets if all(s.value in values for s in conf.secrets) else conf.secrets
     return conf
+
+
+def _adopt(live: Endpoint, newer: Endpoint) -> None:
+    for name in ("url", "channels", "secrets", "format", "ordered", "rate", "headers", "enabled",
+                 "disabled_reason", "revision"):
+        setattr(live, name, getattr(newer, name))
 
 
 def _before(key: Any) -> Any:

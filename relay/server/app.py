@@ -27,10 +27,16 @@ from ..fanout.hub import Hub
 from ..fanout.session import Sessions
 from ..fanout.timers import Timers, WallClock, tick_every
 from ..net.listener import Listener, fit_file_limit, split_listen
+from ..core import whsec
+from ..core.addresses import networks
+from ..core.endpoints import Endpoint
+from ..core.errors import StoreUnavailable
+from ..outbound.service import Outbound, Settings
 from ..store import open_store
 from . import logs
 from .admin import Admin
 from .connection import Server
+from .endpoints import Endpoints
 from .inspector import Inspector
 from .metrics import Metrics
 from .ops import Ops
@@ -44,7 +50,9 @@ class App:
     def __init__(self, config: Config, max_open: int | None = None) -> None:
         self.config = config
         self.hub = Hub()
-        self.store = open_store(config.store, self.hub.publish)
+        self.store = open_store(config.store, self._published)
+        self.outbound = Outbound(_settings(config), _configured(config), self.store, self.store.deliveries,
+                                 WallClock().now, cluster=config.store.engine == "redis")
         routes = build_routes(config.routes, config.secrets)
         jwt_verifier = None
         if config.jwt_key is not None:
@@ -66,16 +74,24 @@ class App:
         self.sessions = self.fanout.live
         webhooks = Webhooks(routes, self.store, config.server.max_body_bytes)
         self.webhooks = webhooks.counts  # answered, by (route, status)
-        self.metrics = Metrics(self.webhooks, self.fanout, self.hub, self.listener)
+        self.metrics = Metrics(self.webhooks, self.fanout, self.hub, self.listener, self.outbound)
+        self.outbound.on_attempt = self.metrics.outbound_attempt
         self.hub.on_published = self.metrics.published  # delivery latency, once per event
         router = Router(
             webhooks=webhooks, sessions=self.fanout, ops=Ops(self.store, self.stopping), metrics=self.metrics,
             admin=Admin(routes, self.webhooks, self.hub, self.fanout, config.admin_guard, config.auth.origins),
-            inspector=Inspector(), origins=config.auth.origins)
+            inspector=Inspector(), origins=config.auth.origins,
+            endpoints=Endpoints(self.outbound, config.admin_guard, config.auth.origins))
         self.closing = Closing(self.stopping)
         trusted = [ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies]
         self.server = Server(router, self.closing, self.listener.idle, trusted)
         self.address: tuple[str, int] = ("", 0)
+
+    def _published(self, events: list) -> None:  # type: ignore[type-arg]
+        """The store committed ``events``, in log order: fan out, and wake
+        the outbound deliveries."""
+        self.hub.publish(events)
+        self.outbound.published(events)
 
     def subscriber_count(self) -> int:
         return len(self.sessions)
@@ -93,6 +109,8 @@ async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatu
     async with trio.open_nursery() as root:
         await root.start(app.store.run)
         app.hub.head = app.store.head  # what is stored before start is history
+        outbound = trio.CancelScope()
+        root.start_soon(_run_outbound, app.outbound, outbound)
         root.start_soon(app.hub.run)
         root.start_soon(app.timers.run)
         root.start_soon(tick_every, config.server.ping_interval, app.sessions)
@@ -114,9 +132,44 @@ async def serve(config: Config, stop: trio.Event, *, task_status: trio.TaskStatu
             app.listener.close_idle()
             conns.cancel_scope.deadline = deadline
             app.closing.end_body_reads(deadline)
+        outbound.cancel()  # attempts in flight end unanswered; they are made again after a restart
         with trio.move_on_after(max(0.5, grace * 0.1)):
+            try:
+                await app.outbound.flush()
+            except StoreUnavailable:
+                pass
             await app.store.close()
         root.cancel_scope.cancel()
+
+
+async def _run_outbound(outbound: Outbound, scope: trio.CancelScope) -> None:
+    with scope:
+        try:
+            await outbound.run()
+        except StoreUnavailable as exc:
+            # The store cannot say what endpoints owe (Redis down at start):
+            # deliveries start once it answers; ingest does not wait.
+            log.warning("outbound: %s; retrying", exc.detail)
+            while True:
+                await trio.sleep(2.0)
+                try:
+                    await outbound.run()
+                except StoreUnavailable:
+                    continue
+
+
+def _settings(config: Config) -> Settings:
+    o = config.outbound
+    return Settings(timeout=o.timeout, retry=tuple(o.retry), jitter=o.jitter, max_in_flight=o.max_in_flight,
+                    max_connections=o.max_connections, https_only=o.https_only,
+                    allow_private=tuple(networks(o.allow_private)), disable_after=o.disable_after)
+
+
+def _configured(config: Config) -> list[Endpoint]:
+    return [Endpoint(id=name, url=e.url, channels=list(e.channels), secrets=[whsec.Secret(config.endpoint_secrets[name])],
+                     format=e.format, ordered=e.ordered, rate=e.rate, headers=dict(e.headers), source="config",
+                     cursor=e.since)
+            for name, e in config.endpoints.items()]
 
 
 def run_daemon(config: Config) -> int:

@@ -43,6 +43,7 @@ from ..core.request import Request
 from ..fanout.hub import Hub
 from ..fanout.session import Sessions
 from ..net.listener import Listener
+from ..outbound.service import Outbound
 from .router import Responder
 
 TRANSPORTS = ("ws", "sse")
@@ -53,7 +54,9 @@ DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class _Collector(Collector):
-    def __init__(self, webhooks: Counter[tuple[str, int]], sessions: Sessions, hub: Hub, listener: Listener) -> None:
+    def __init__(self, webhooks: Counter[tuple[str, int]], sessions: Sessions, hub: Hub, listener: Listener,
+                 outbound: Outbound | None) -> None:
+        self.outbound = outbound
         self.webhooks = webhooks
         self.sessions = sessions
         self.hub = hub
@@ -106,12 +109,30 @@ class _Collector(Collector):
                                   "for a new one.", value=listener.idle_closed)
         yield CounterMetricFamily("relay_accept_failures", "Accepts that failed for want of descriptors or memory.",
                                   value=listener.accept_failures)
+        outbound = self.outbound
+        if outbound is not None:
+            attempts = CounterMetricFamily(
+                "relay_outbound_attempts", "Outbound attempts, by endpoint and outcome (2xx..5xx, timeout, error).",
+                labels=["endpoint", "outcome"])
+            for (endpoint, outcome), count in sorted(outbound.attempts_by_outcome.items()):
+                attempts.add_metric([endpoint, outcome], count)
+            yield attempts
+            pending = GaugeMetricFamily("relay_outbound_pending", "Deliveries an endpoint owes, waiting or in flight.",
+                                        labels=["endpoint"])
+            for endpoint_id in sorted(outbound.live):
+                pending.add_metric([endpoint_id], outbound.pending(endpoint_id) + outbound.in_flight(endpoint_id))
+            yield pending
 
 
 class Metrics:
-    def __init__(self, webhooks: Counter[tuple[str, int]], sessions: Sessions, hub: Hub, listener: Listener) -> None:
+    def __init__(self, webhooks: Counter[tuple[str, int]], sessions: Sessions, hub: Hub, listener: Listener,
+                 outbound: Outbound | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(webhooks, sessions, hub, listener))
+        self.registry.register(_Collector(webhooks, sessions, hub, listener, outbound))
+        self.outbound_delivered = Histogram(
+            "relay_outbound_delivered_seconds", "Seconds from a webhook's receipt to an endpoint's 2xx for it.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
+            registry=self.registry)
         self.delivery = Histogram(
             "relay_delivery_seconds", "Seconds from a webhook's receipt to its frames being sent or queued, per event.",
             buckets=DELIVERY_BUCKETS, registry=self.registry)
@@ -121,6 +142,11 @@ class Metrics:
         """Called by the hub once per live event that had subscribers."""
         if event.received:
             self._observe(max(0.0, trio.current_time() - event.received))
+
+    def outbound_attempt(self, endpoint: str, outcome: str, latency: float | None) -> None:
+        """Called after each outbound attempt (the counts are the service's)."""
+        if latency is not None:
+            self.outbound_delivered.observe(latency)
 
     def render(self, accept: str) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)

@@ -245,7 +245,8 @@ class Router:
     """The relay's paths and who answers each."""
 
     def __init__(self, *, webhooks: Handler, sessions: Sessions, ops: Handler, metrics: Handler, admin: Handler,
-                 inspector: Handler, origins: Sequence[str] | None) -> None:
+                 inspector: Handler, origins: Sequence[str] | None, endpoints: Handler) -> None:
+        self.endpoints = endpoints
         self.webhooks = webhooks
         self.sessions = sessions
         self.ops = ops
@@ -273,6 +274,8 @@ class Router:
                 await self.metrics.answer(request, responder)
             elif path in ("/admin/routes", "/admin/channels"):
                 await self.admin.answer(request, responder)
+            elif path == "/admin/endpoints" or path.startswith("/admin/endpoints/"):
+                await self.endpoints.answer(request, responder)
             elif path == "/":
                 await self.inspector.answer(request, responder)
             else:

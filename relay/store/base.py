@@ -10,6 +10,7 @@ import trio
 
 from ..core.envelope import Draft, Event
 from ..core.outbox import Page
+from .deliveries import DeliveryLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,9 @@ class Store:
     """Interface of an engine. ``run`` owns its background tasks."""
 
     publish: Callable[[list[Event]], None]
+    # Where outbound delivery state (endpoints, deliveries owed, attempts)
+    # is kept, in the same engine as the log.
+    deliveries: DeliveryLog
 
     @property
     def head(self) -> str:  # newest id, "" while the log is empty

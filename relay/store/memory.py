@@ -16,6 +16,7 @@ from ..core.channels import selects
 from ..core.envelope import Draft, Event, encode_envelope
 from ..core.errors import StoreUnavailable
 from ..core.outbox import Page
+from .deliveries import MemoryDeliveryLog
 from .base import Appended, SeqLog
 
 
@@ -23,6 +24,7 @@ class MemoryStore(SeqLog):
     def __init__(self, config: StoreConfig, publish: Callable[[list[Event]], None]) -> None:
         self.config = config
         self.publish = publish
+        self.deliveries = MemoryDeliveryLog()
         # Lists with a moving start (deques index in O(n)): _keys parallels
         # _events so a resume finds its place by bisection.
         self._events: list[Event] = []

@@ -55,6 +55,7 @@ from ..core.envelope import Draft, Event
 from ..core.errors import StoreUnavailable
 from ..core.outbox import Page
 from .base import Appended, Store
+from .redis_deliveries import RedisDeliveryLog
 from .commit import GroupCommit
 from .redis_ids import StreamKey, chunks, envelope_rest, format_stream_id, join_envelope, parse_stream_id
 
@@ -235,6 +236,7 @@ class RedisStore(Store):
         self.probe_key = config.prefix + "ready"
         self.where = redacted(config.url)
         self._client: coredis.Redis | None = None  # appends, reads and pings
+        self.deliveries = RedisDeliveryLog(lambda: self._client, config.prefix, self.where, _FAILURES)
         self._queue = GroupCommit()
         self._running = False
         self._stopped = trio.Event()

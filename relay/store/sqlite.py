@@ -35,6 +35,8 @@ from ..core.envelope import Draft, Event, encode_envelope
 from ..core.errors import StoreUnavailable
 from ..core.outbox import Page
 from .base import Appended, SeqLog
+from .sqlite_deliveries import SCHEMA as DELIVERIES_SCHEMA
+from .sqlite_deliveries import SqliteDeliveryLog
 from .commit import Batch, GroupCommit
 
 _SCHEMA = """
@@ -178,6 +180,7 @@ class SqliteStore(SeqLog):
         self._last_sweep = 0
         self.commits = 0  # transactions committed, for tests and metrics
         self._thread: _WriterThread | None = None
+        self.deliveries = SqliteDeliveryLog(self.call)
         # Why the last commit failed, until one succeeds: readiness then
         # depends on a probe write (``ping``), one at a time.
         self._write_failed: str | None = None
@@ -198,6 +201,7 @@ class SqliteStore(SeqLog):
             # FULL: a commit is on disk (WAL fsynced) before the 202 goes out.
             writer.execute("PRAGMA synchronous=FULL")
             writer.executescript(_SCHEMA)
+            writer.executescript(DELIVERIES_SCHEMA)
             row = writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
             self._seq = row[0] if row else 0
             (oldest,) = writer.execute("SELECT MIN(seq) FROM events").fetchone()
@@ -368,6 +372,14 @@ class SqliteStore(SeqLog):
             db.execute("COMMIT")
         head = row[0] if row else 0
         return rows, head, (oldest - 1 if oldest is not None else head)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(writer connection, *args)`` on the writer thread, in turn
+        with the commits (outbound delivery state is written this way)."""
+        thread, db = self._thread, self._writer
+        if thread is None or db is None or not self._running:
+            raise StoreUnavailable("the event store is not running")
+        return await thread.call(fn, db, *args)
 
     async def read_page(self, after: object, patterns: Sequence[str], limit: int) -> Page:
         if self._reader is None:

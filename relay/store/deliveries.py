@@ -1,5 +1,5 @@
 """Where outbound delivery state lives: the interface every store engine
-offers for it, and the memory engine's.
+offers for it (``Store.deliveries``), and the memory engine's.
 
 Writes come in batches (``apply``): the service collects what a moment's
 attempts decided and persists it in one transaction, as ingest's group
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import trio
 
-from .model import FAILED, Attempt, Endpoint, Row
+from ..core.endpoints import FAILED, Attempt, Endpoint, Row
 
 # Attempts kept per endpoint; older ones are dropped as new ones are logged.
 ATTEMPTS_KEPT = 1000

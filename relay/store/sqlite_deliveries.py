@@ -12,15 +12,12 @@ once.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from ..outbound.log import ATTEMPTS_KEPT, DeliveryLog
-from ..outbound.model import Attempt, Endpoint, Row, decode_attempt, decode_endpoint, encode
-from .base import StoreUnavailable
-
-if TYPE_CHECKING:
-    from .sqlite import SqliteStore
+from ..core.endpoints import Attempt, Endpoint, Row, decode_attempt, decode_endpoint, encode
+from ..core.errors import StoreUnavailable
+from .deliveries import ATTEMPTS_KEPT, DeliveryLog
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbound_endpoints (
@@ -47,12 +44,14 @@ CREATE INDEX IF NOT EXISTS outbound_attempts_endpoint ON outbound_attempts (endp
 
 
 class SqliteDeliveryLog(DeliveryLog):
-    def __init__(self, store: SqliteStore) -> None:
-        self.store = store
+    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
+        # ``call(fn, *args)`` runs ``fn(writer connection, *args)`` on the
+        # store's writer thread.
+        self.call = call
 
-    async def _call(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            return await self.store.call(fn, *args)
+            return await self.call(fn, *args)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the event store failed (outbound state): {exc}") from None
 

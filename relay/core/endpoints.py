@@ -3,14 +3,14 @@
 Plain msgspec Structs, so one encoding serves the store (SQLite rows, Redis
 values) and the admin API. The rules that change them are in
 ``relay.core.delivery``; the store engines persist them through
-``DeliveryLog`` (``relay/outbound/log.py``).
+``DeliveryLog`` (``relay/store/deliveries.py``).
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from ..core import whsec
+from . import whsec
 
 PENDING, FAILED = "pending", "failed"
 
@@ -28,6 +28,7 @@ class Endpoint(msgspec.Struct, kw_only=True):
     disabled_reason: str | None = None
     source: str = "api"  # "config": defined by [endpoints.<id>], read-only through the API
     created: float = 0.0
+    revision: int = 0  # counts changes made through the API (a cluster's relays adopt the newest)
     # Delivery state: every matching event up to ``cursor`` (an event id, ""
     # for the start of the log) has a row, was delivered or failed.
     cursor: str = ""

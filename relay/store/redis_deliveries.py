@@ -16,17 +16,14 @@ attempt in flight. Writes of one batch go in one MULTI/EXEC.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
-from ..outbound.log import ATTEMPTS_KEPT, DeliveryLog
-from ..outbound.model import Attempt, Endpoint, Row, decode_attempt, decode_endpoint, decode_row, encode
-from .base import StoreUnavailable
-
-if TYPE_CHECKING:
-    from .redis import RedisStore
+from ..core.endpoints import Attempt, Endpoint, Row, decode_attempt, decode_endpoint, decode_row, encode
+from ..core.errors import StoreUnavailable
+from .deliveries import ATTEMPTS_KEPT, DeliveryLog
 
 # Take or renew a lease: KEYS[1] the lease, ARGV holder, ttl ms.
 _LEASE_LUA = """
@@ -47,16 +44,18 @@ _CALL_TIMEOUT = 5.0
 
 
 class RedisDeliveryLog(DeliveryLog):
-    def __init__(self, store: RedisStore) -> None:
-        self.store = store
-        prefix = store.config.prefix + "ob:"
+    def __init__(self, client: Callable[[], Any], prefix: str, where: str, failures: tuple[type, ...]) -> None:
+        self.client = client  # the engine's client, None while it is not running
+        self.where = where
+        self.failures = failures
+        prefix = prefix + "ob:"
         self.endpoints_key = prefix + "endpoints"
         self.owed_prefix = prefix + "owed:"
         self.attempts_prefix = prefix + "attempts:"
         self.lease_prefix = prefix + "lease:"
 
     def _client(self):  # type: ignore[no-untyped-def]
-        client = self.store.client
+        client = self.client()
         if client is None:
             raise StoreUnavailable("the event store is not running")
         return client
@@ -65,8 +64,8 @@ class RedisDeliveryLog(DeliveryLog):
         try:
             with trio.fail_after(_CALL_TIMEOUT):
                 return await fn(self._client())
-        except self.store.failures as exc:
-            raise StoreUnavailable(f"the event store (Redis at {self.store.where}) failed (outbound state): "
+        except self.failures as exc:
+            raise StoreUnavailable(f"the event store (Redis at {self.where}) failed (outbound state): "
                                    f"{exc or type(exc).__name__}") from None
 
     async def load(self) -> tuple[list[Endpoint], list[Row]]:
