@@ -41,6 +41,20 @@ def check_token(expected: bytes | None, authorization: str | None) -> None:
         raise Unauthorized("the admin token is wrong")
 
 
+async def guard(token: bytes | None, origins: Sequence[str] | None, request: Request,
+                responder: Responder) -> list[tuple[str, str]] | None:
+    """The CORS headers an admin answer carries, or None once a 401 was sent.
+    A page on another allowed origin may read the answer, the 401 included."""
+    shared = cors.headers(origins, request.headers.get("origin"))
+    try:
+        check_token(token, request.headers.get("authorization"))
+    except Unauthorized as error:
+        body = envelope.encode({"error": error.code, "detail": error.detail})
+        await responder.send(401, body, [("www-authenticate", 'Bearer realm="relay admin"'), *shared])
+        return None
+    return shared
+
+
 class Admin:
     def __init__(self, routes: Mapping[str, Route], webhooks: Counter[tuple[str, int]], hub: Hub, sessions: Sessions,
                  token: bytes | None, origins: Sequence[str] | None) -> None:
@@ -96,13 +110,8 @@ class Admin:
     async def answer(self, request: Request, responder: Responder) -> None:
         if request.method != "GET":
             raise MethodNotAllowed(f"{request.method} is not allowed here", "GET")
-        # A page on another allowed origin may read the answer, the 401 included.
-        shared = cors.headers(self.origins, request.headers.get("origin"))
-        try:
-            check_token(self.token, request.headers.get("authorization"))
-        except Unauthorized as error:
-            body = envelope.encode({"error": error.code, "detail": error.detail})
-            await responder.send(401, body, [("www-authenticate", 'Bearer realm="relay admin"'), *shared])
+        shared = await guard(self.token, self.origins, request, responder)
+        if shared is None:
             return
         if request.path == "/admin/routes":
             view = self.routes_view()

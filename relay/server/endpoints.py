@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..core import cors, envelope
-from ..core.errors import MethodNotAllowed, NotFound, Unauthorized
+from ..core import envelope
+from ..core.errors import MethodNotAllowed, NotFound
 from ..core.request import Request
 from ..outbound import api
 from ..outbound.service import Outbound
-from .admin import check_token
+from .admin import guard
 from .router import Responder
 
 PREFIX = "/admin/endpoints"
@@ -27,12 +27,8 @@ class Endpoints:
         self.origins = origins
 
     async def answer(self, request: Request, responder: Responder) -> None:
-        shared = cors.headers(self.origins, request.headers.get("origin"))
-        try:
-            check_token(self.token, request.headers.get("authorization"))
-        except Unauthorized as error:
-            body = envelope.encode({"error": error.code, "detail": error.detail})
-            await responder.send(401, body, [("www-authenticate", 'Bearer realm="relay admin"'), *shared])
+        shared = await guard(self.token, self.origins, request, responder)
+        if shared is None:
             return
         method = request.method
         parts = request.path[len(PREFIX):].strip("/").split("/") if request.path != PREFIX else []

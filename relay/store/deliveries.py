@@ -107,16 +107,21 @@ class MemoryDeliveryLog(DeliveryLog):
     async def attempts(self, endpoint_id: str, failed_only: bool, limit: int,
                        before: float | None) -> list[Attempt]:
         await trio.lowlevel.checkpoint()
-        out = []
-        for attempt in reversed(self.logged.get(endpoint_id, [])):
-            if before is not None and attempt.at >= before:
-                continue
-            if failed_only and attempt.status is not None and 200 <= attempt.status < 300:
-                continue
-            out.append(attempt)
-            if len(out) >= limit:
-                break
-        return out
+        return newest(reversed(self.logged.get(endpoint_id, [])), failed_only, limit, before)
+
+
+def newest(attempts: Iterable[Attempt], failed_only: bool, limit: int, before: float | None) -> list[Attempt]:
+    """Of ``attempts`` (newest first), those ``attempts`` asks for."""
+    out: list[Attempt] = []
+    for attempt in attempts:
+        if before is not None and attempt.at >= before:
+            continue
+        if failed_only and attempt.status is not None and 200 <= attempt.status < 300:
+            continue
+        out.append(attempt)
+        if len(out) >= limit:
+            break
+    return out
 
 
 def failed_rows(rows: Iterable[Row]) -> list[Row]:

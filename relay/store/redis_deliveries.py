@@ -23,7 +23,7 @@ import trio
 
 from ..core.endpoints import Attempt, Endpoint, Row, decode_attempt, decode_endpoint, decode_row, encode
 from ..core.errors import StoreUnavailable
-from .deliveries import ATTEMPTS_KEPT, DeliveryLog
+from .deliveries import ATTEMPTS_KEPT, DeliveryLog, newest
 
 # Take or renew a lease: KEYS[1] the lease, ARGV holder, ttl ms.
 _LEASE_LUA = """
@@ -128,17 +128,7 @@ class RedisDeliveryLog(DeliveryLog):
     async def attempts(self, endpoint_id: str, failed_only: bool, limit: int,
                        before: float | None) -> list[Attempt]:
         records = await self._run(lambda client: client.lrange(self.attempts_prefix + endpoint_id, 0, -1))
-        out: list[Attempt] = []
-        for record in records:
-            attempt = decode_attempt(record)
-            if before is not None and attempt.at >= before:
-                continue
-            if failed_only and attempt.status is not None and 200 <= attempt.status < 300:
-                continue
-            out.append(attempt)
-            if len(out) >= limit:
-                break
-        return out
+        return newest((decode_attempt(record) for record in records), failed_only, limit, before)
 
     async def lease(self, endpoint_id: str, holder: str, ttl: float) -> bool:
         got = await self._run(lambda client: client.eval(_LEASE_LUA, [self.lease_prefix + endpoint_id],
