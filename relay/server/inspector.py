@@ -2,7 +2,9 @@
 
 The page (``inspector.html``) needs nothing but this relay: no CDN, no build
 step. It subscribes over ``/ws`` like any other client, so the relay's auth
-applies to it unchanged. Its inline script and style are pinned by hash in a
+applies to it unchanged; its "Outbound endpoints" panel reads
+``/admin/endpoints`` with the admin token the user types in (kept in the
+tab's sessionStorage). Its inline script and style are pinned by hash in a
 Content-Security-Policy: the page can talk to its own origin only, and a
 payload that smuggled markup into it could not run script.
 """
