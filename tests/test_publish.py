@@ -283,3 +283,30 @@ async def test_publishes_answered_in_order_when_a_refusal_comes_between(chat):
         assert [r["type"] for r in replies] == ["error" if m["channel"] == "nope" else "published" for m in messages]
         ids = [int(r["id"]) for r in replies if r["type"] == "published"]
         assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+async def test_relay_publish_prints_the_id_and_a_repeat_with_its_key_prints_the_same(chat, tmp_path):
+    from test_tools import run_cli
+
+    message = tmp_path / "m.json"
+    message.write_bytes(b'{"text": "from the shell",  "n": 2}\n')
+    async with open_websocket_url(url(chat, "chat.cli", "reader")) as reader:
+        await receive(reader)
+        code, out, err = await run_cli("publish", chat.base, "chat.cli", str(message), "--key", "cli-1",
+                                       env={"RELAY_TOKEN": "chatter"})
+        assert code == 0, err
+        raw = await reader.get_message()
+        event = json.loads(raw)
+        assert event["id"] == out.strip() and event["delivery"] == "cli-1"
+        assert '"data":{"text": "from the shell",  "n": 2}' in raw
+        code, again, err = await run_cli("publish", chat.base, "chat.cli", str(message), "--key", "cli-1",
+                                         "--token", "chatter")
+        assert (code, again) == (0, out)
+    code, out, err = await run_cli("publish", chat.base, "chat.cli", str(message), "--token", "reader")
+    assert code == 1 and "forbidden" in err and out == ""
+    message.write_bytes(b"{not json")
+    code, out, err = await run_cli("publish", chat.base, "chat.cli", str(message), "--token", "chatter")
+    assert code == 2 and "not JSON" in err
+    message.write_bytes(b"1")
+    code, out, err = await run_cli("publish", chat.base, "chat.cli", str(message), "--token", "nope")
+    assert code == 1 and "401" in err
