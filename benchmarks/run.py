@@ -712,13 +712,13 @@ def plan(args: argparse.Namespace, load: Path, tmp: Path) -> list[Scenario]:
     if "publish" in only:
         secs = 2 if quick else 5
         out.append(Scenario(
-            "subscribers that publish: 1 publisher at a fixed rate, 10 other subscribers of the channel, 200 B "
+            "subscribers that publish: 1 publisher at a fixed rate, 3 other subscribers of the channel, 200 B "
             "(round trip: publish sent -> published read; to subscriber: publish sent -> event read)",
             "1000 msg/s, memory store",
             lambda kind: publish_scenario(tmp, kind, rate=1000, seconds=secs),
             PUBLISH_COLS, ["us_msg", "rt_p50", "rt_p99", "dl_p50", "dl_p99", "peak_mb"]))
         out.append(Scenario(
-            "subscribers that publish: 1 publisher at a fixed rate, 10 other subscribers of the channel, 200 B "
+            "subscribers that publish: 1 publisher at a fixed rate, 3 other subscribers of the channel, 200 B "
             "(round trip: publish sent -> published read; to subscriber: publish sent -> event read)",
             "1000 msg/s, relay store sqlite (ratios against the baseline's in-memory list)",
             lambda kind: publish_scenario(tmp, kind, rate=1000, seconds=secs, engine="sqlite" if kind == "relay" else "memory"),
