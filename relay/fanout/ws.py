@@ -284,8 +284,9 @@ class Session(SessionBase):
         if outgoing is None:
             outgoing = self._outgoing = deque()
         if len(outgoing) >= 4 * PUBLISH_BACKLOG:
-            # Answers it does not wait for, faster than the store takes them.
-            self._spawn(self.close, 1008, "too many requests", False)
+            # Answers it does not wait for, faster than the store takes them
+            # (closed as for a flood past the rate: read until its reply).
+            self._spawn(self.close, 1008, "too many requests")
             return
         now = sessions.now()
         try:
