@@ -10,6 +10,9 @@ the load clients cannot tell the two apart:
   ``{"type":"welcome","id":HEAD,"channels":[...]}``, the stored events after
   ``since`` if given, then one text frame per live event, carrying the
   envelope the relay sends (same keys, same order, ``data`` verbatim).
+- a WebSocket client's ``{"type": "publish", "channel", "data", "key"}``
+  (contract section 10): stored and fanned out like a webhook (route
+  ``"ws"``), answered ``{"type": "published", "id", "channel", "key"}``.
 - ``GET /sse?channel=NAME[&since=ID]`` (or ``Last-Event-ID``): a
   ``text/event-stream`` ``StreamResponse`` (chunked), opening with the
   relay's ``retry: 1000`` and ``: welcome HEAD`` comment, then each event
@@ -63,6 +66,7 @@ class Relay:
         self.events: list[tuple[int, str, str]] = []  # (seq, channel, envelope text)
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.closing: set[asyncio.Task[None]] = set()
+        self.keys: dict[str, str] = {}  # publish idempotency key -> event id
 
     @property
     def head(self) -> str:
@@ -77,9 +81,15 @@ class Relay:
             json.loads(body)
         except ValueError as exc:
             return web.json_response({"error": "bad_json", "detail": str(exc)}, status=400)
+        channel = route
+        event_id = self.store(channel, route, None, {"Content-Type": request.headers.get("Content-Type", "")},
+                              body.decode())
+        return web.json_response({"id": event_id, "channel": channel, "duplicate": False}, status=202)
+
+    def store(self, channel: str, route: str, delivery: str | None, headers: dict[str, str], data: str) -> str:
+        """Append an event and fan it out; its id."""
         seq = len(self.events) + 1
         event_id = str(seq)
-        channel = route
         head = json.dumps(
             {
                 "type": "event",
@@ -87,13 +97,13 @@ class Relay:
                 "channel": channel,
                 "route": route,
                 "ts": int(time.time() * 1000),
-                "delivery": None,
-                "headers": {"Content-Type": request.headers.get("Content-Type", "")},
+                "delivery": delivery,
+                "headers": headers,
             },
             separators=(",", ":"),
         )
         # ``data`` is the body verbatim: splice it in rather than re-encode it.
-        text = head[:-1] + ',"data":' + body.decode() + "}"
+        text = head[:-1] + ',"data":' + data + "}"
         self.events.append((seq, channel, text))
         message = None
         for sub in list(self.subscribers.get(channel, ())):
@@ -103,7 +113,7 @@ class Relay:
                 sub.queue.put_nowait(message if sub.sse else text)
             except asyncio.QueueFull:
                 self.slow(sub)
-        return web.json_response({"id": event_id, "channel": channel, "duplicate": False}, status=202)
+        return event_id
 
     def slow(self, sub: Subscriber) -> None:
         """A full queue: drop the subscriber with 1013, as the relay's "disconnect"."""
@@ -136,11 +146,34 @@ class Relay:
             async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
                     break
+                if msg.type == WSMsgType.TEXT:
+                    await self.client_message(ws, msg.data)
         finally:
             sub.writer.cancel()
             for channel in channels:
                 self.subscribers.get(channel, set()).discard(sub)
         return ws
+
+    async def client_message(self, ws: web.WebSocketResponse, text: str) -> None:
+        """``publish`` (contract section 10), as a script would: stored in the
+        list, fanned out like a webhook, answered ``published``; a repeated
+        key answers the first id."""
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            return
+        if msg.get("type") != "publish":
+            return
+        key, channel = msg.get("key"), msg.get("channel")
+        if key is not None and key in self.keys:
+            event_id = self.keys[key]
+        else:
+            event_id = self.store(channel, "ws", key, {"Content-Type": "application/json"},
+                                  json.dumps(msg.get("data"), separators=(",", ":")))
+            if key is not None:
+                self.keys[key] = event_id
+        await ws.send_str(json.dumps({"type": "published", "id": event_id, "channel": channel, "key": key},
+                                     separators=(",", ":")))
 
     async def write(self, sub: Subscriber) -> None:
         while True:

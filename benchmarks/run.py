@@ -43,6 +43,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .publish import PUBLISH_COLS, PUBLISH_HEAD
+from .publish import scenario as publish_scenario
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -70,6 +73,8 @@ prefix = "{redis_prefix}"
 [routes.bench]
 channel = "bench"
 verify = "none"
+
+[publish."bench"]   # the publish scenarios: subscribers publish to it (auth is off)
 """
 
 RELAY_TLS = """
@@ -704,6 +709,20 @@ def plan(args: argparse.Namespace, load: Path, tmp: Path) -> list[Scenario]:
                 lambda kind: fanout(load, tmp, kind, subs=1000, size=1024, rate=0, seconds=sat_s, count=5_000,
                                     engine="redis"),
                 FANOUT_COLS + ["redis_cpu", "us_frame_all"], ["frames_s", "us_frame", "p99", "peak_mb", "us_frame_all"]))
+    if "publish" in only:
+        secs = 2 if quick else 5
+        out.append(Scenario(
+            "subscribers that publish: 1 publisher at a fixed rate, 3 other subscribers of the channel, 200 B "
+            "(round trip: publish sent -> published read; to subscriber: publish sent -> event read)",
+            "1000 msg/s, memory store",
+            lambda kind: publish_scenario(tmp, kind, rate=1000, seconds=secs),
+            PUBLISH_COLS, ["us_msg", "rt_p50", "rt_p99", "dl_p50", "dl_p99", "peak_mb"]))
+        out.append(Scenario(
+            "subscribers that publish: 1 publisher at a fixed rate, 3 other subscribers of the channel, 200 B "
+            "(round trip: publish sent -> published read; to subscriber: publish sent -> event read)",
+            "1000 msg/s, relay store sqlite (ratios against the baseline's in-memory list)",
+            lambda kind: publish_scenario(tmp, kind, rate=1000, seconds=secs, engine="sqlite" if kind == "relay" else "memory"),
+            PUBLISH_COLS, ["us_msg", "rt_p50", "rt_p99", "dl_p50", "dl_p99", "peak_mb"]))
     if "connect" in only:
         n = 10000
         out.append(Scenario(
@@ -728,9 +747,10 @@ HEAD = {
     "connect_s": "connect s", "connect_rate": "conn/s", "handshake_p99": "handshake p99 ms",
     "conn_kb": "KB/conn", "behind": "behind", "other": "other on core 0", "other1": "other on core 1", "stalled": "the stalled one got",
     "redis_cpu": "redis CPU", "us_frame_all": "srv+redis us/frame", "us_hook_all": "srv+redis us/hook", "tls": "TLS",
+    **PUBLISH_HEAD,
 }
 
-GROUPS = ("fanout", "latency", "stall", "ingest", "connect", "sse", "tls", "redis")
+GROUPS = ("fanout", "latency", "stall", "ingest", "connect", "sse", "tls", "redis", "publish")
 
 
 def fmt(key: str, v: Any) -> str:

@@ -2,7 +2,8 @@
 
 - ``serve``: run the daemon; ``check``: validate a config; ``token``: mint a
   JWT subscriber token;
-- ``tail``, ``forward``, ``send``: the tools that talk to a running relay.
+- ``tail``, ``forward``, ``send``, ``publish``: the tools that talk to a
+  running relay.
 
 Exit status: 0 clean, 2 bad config or arguments, 1 otherwise.
 
@@ -17,9 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import check, forward, send, serve, tail, token
+from . import check, forward, publish, send, serve, tail, token
 
-COMMANDS = (serve, check, token, tail, forward, send)
+COMMANDS = (serve, check, token, tail, forward, send, publish)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config whose auth.jwt_secret_env signs (HS256)")
     p.add_argument("--key", help="PEM private key to sign with instead (RS256 or ES256)")
     p.add_argument("--channels", required=True, help="comma-separated channels and patterns, e.g. 'github.*,demo'")
+    p.add_argument("--publish", default="", help="comma-separated channels and patterns it may publish to (optional)")
     p.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)")
     p.add_argument("--sub", help="subject claim")
     return p
@@ -26,17 +27,19 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
-    try:
-        for channel in channels:
-            parse_pattern(channel)
-    except ValueError as exc:
-        print(f"relay: --channels: {exc}", file=sys.stderr)
-        return 2
+    publish = [c.strip() for c in args.publish.split(",") if c.strip()]
+    for option, names in (("--channels", channels), ("--publish", publish)):
+        try:
+            for channel in names:
+                parse_pattern(channel)
+        except ValueError as exc:
+            print(f"relay: {option}: {exc}", file=sys.stderr)
+            return 2
     if args.key:
         try:
             with open(args.key, "rb") as f:
                 key = f.read()
-            print(mint(key, channels, args.ttl, time.time(), private_pem=True, subject=args.sub))
+            print(mint(key, channels, args.ttl, time.time(), private_pem=True, subject=args.sub, publish=publish))
         except (OSError, ValueError, TypeError) as exc:
             print(f"relay: --key: {exc}", file=sys.stderr)
             return 2
@@ -49,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
     if config.jwt_key is None or config.jwt_is_public:
         print("relay: the config has no auth.jwt_secret_env; pass --key PRIVATE.pem to sign RS256/ES256", file=sys.stderr)
         return 2
-    print(mint(config.jwt_key, channels, args.ttl, time.time(), subject=args.sub))
+    print(mint(config.jwt_key, channels, args.ttl, time.time(), subject=args.sub, publish=publish))
     return 0

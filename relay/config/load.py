@@ -31,8 +31,8 @@ from ..core.errors import ConfigError
 from ..core.schema import load_schema
 from . import files
 from ..core import addresses, whsec
-from .model import (AuthConfig, Config, DeliveryConfig, EndpointConfig, LogConfig, OutboundConfig, RouteConfig,
-                    ServerConfig, StoreConfig)
+from .model import (AuthConfig, Config, DeliveryConfig, EndpointConfig, LogConfig, OutboundConfig, PublishConfig,
+                    RouteConfig, ServerConfig, StoreConfig)
 
 ROUTE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
@@ -182,7 +182,7 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
 
     parts: dict[str, object] = {}
     for name, value in raw.items():
-        if name in ("routes", "endpoints"):
+        if name in ("routes", "endpoints", "publish"):
             continue
         section = _SECTIONS.get(name)
         if section is None:
@@ -217,6 +217,29 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
         decoded = _decode(value, EndpointConfig, key, problems)
         if decoded is not _BAD:
             endpoints[name] = decoded
+
+    publish: dict[str, PublishConfig] = {}
+    raw_publish = raw.get("publish", {})
+    if not isinstance(raw_publish, dict):
+        problems.append(("publish", 'expected a table of channel patterns: [publish."chat.*"]'))
+        raw_publish = {}
+    for pattern, value in raw_publish.items():
+        key = f"publish.{pattern}"
+        try:
+            parse_pattern(pattern)
+        except ValueError as exc:
+            problems.append((key, f"{pattern!r}: {exc}"))
+        decoded = _decode(value, PublishConfig, key, problems)
+        if decoded is _BAD:
+            continue
+        publish[pattern] = decoded
+        if decoded.rate is None and decoded.burst is not None and not _reported(problems, f"{key}.rate"):
+            problems.append((f"{key}.burst", "burst needs rate"))
+        if decoded.schema is not None:
+            if ":" not in decoded.schema and not os.path.isfile(decoded.schema):
+                problems.append((f"{key}.schema", f"{decoded.schema!r}: file not found"))
+            elif (why := _check_schema(decoded.schema)) is not None:
+                problems.append((f"{key}.schema", why))
 
     server: ServerConfig = parts.get("server", ServerConfig())  # type: ignore[assignment]
     if "server" in parts and (why := _check_listen(server.listen)):
@@ -274,6 +297,7 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
 
     auth: AuthConfig = parts.get("auth", AuthConfig())  # type: ignore[assignment]
     tokens: dict[str, tuple[str, ...]] = {}
+    token_publish: dict[str, tuple[str, ...]] = {}
     for i, tc in enumerate(auth.tokens):
         key = f"auth.tokens[{i}]"
         if (tc.token is None) == (tc.token_env is None):
@@ -289,7 +313,14 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
                 parse_pattern(pattern)
             except ValueError:
                 problems.append((f"{key}.channels", f"{pattern!r} is not a channel name or pattern"))
+        for pattern in tc.publish:
+            try:
+                parse_pattern(pattern)
+            except ValueError:
+                problems.append((f"{key}.publish", f"{pattern!r} is not a channel name or pattern"))
         tokens[value] = tuple(tc.channels)
+        if tc.publish:
+            token_publish[value] = tuple(tc.publish)
     admin_token = None
     if auth.admin_token_env is not None:
         admin_token = env.get(auth.admin_token_env)
@@ -321,9 +352,9 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
 
     if problems:
         raise ConfigError(problems)
-    return Config(routes=routes, secrets=secrets, tokens=tokens, admin_token=admin_token, jwt_key=jwt_key,
-                  jwt_is_public=jwt_is_public, endpoints=endpoints, endpoint_secrets=endpoint_secrets,
-                  **parts)  # type: ignore[arg-type]
+    return Config(routes=routes, secrets=secrets, tokens=tokens, token_publish=token_publish, admin_token=admin_token,
+                  jwt_key=jwt_key, jwt_is_public=jwt_is_public, endpoints=endpoints,
+                  endpoint_secrets=endpoint_secrets, publish=publish, **parts)  # type: ignore[arg-type]
 
 
 def _check_endpoints(outbound: OutboundConfig, endpoints: dict[str, EndpointConfig], env: dict[str, str],

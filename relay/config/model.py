@@ -62,6 +62,7 @@ class TokenConfig(_Section):
     channels: list[str]
     token_env: str | None = None
     token: str | None = None
+    publish: list[str] = []  # channels and patterns it may publish to (contract section 10)
 
 
 class AuthConfig(_Section):
@@ -111,6 +112,15 @@ class OutboundConfig(_Section):
     disable_after: PositiveFloat = 432000.0
 
 
+class PublishConfig(_Section):
+    """``[publish."pattern"]``: what subscribers may publish on matching channels."""
+
+    schema: str | None = None
+    max_bytes: PositiveInt = 65536
+    rate: PositiveFloat | None = None  # publishes per second, per connection
+    burst: PositiveInt | None = None
+
+
 class EndpointConfig(_Section):
     url: str
     channels: list[str]
@@ -132,11 +142,13 @@ class Config(Struct, frozen=True, kw_only=True):
     routes: dict[str, RouteConfig] = {}
     outbound: OutboundConfig = OutboundConfig()
     endpoints: dict[str, EndpointConfig] = {}
+    publish: dict[str, PublishConfig] = {}
     # Filled in by ``parse``: secrets read from the environment, by route name;
     # subscriber tokens (value -> channel patterns); the admin token (read
     # once, here: nothing else looks at the environment for it).
     secrets: dict[str, tuple[bytes, ...]] = {}
     tokens: dict[str, tuple[str, ...]] = {}
+    token_publish: dict[str, tuple[str, ...]] = {}  # token value -> what it may publish to
     admin_token: str | None = None
     endpoint_secrets: dict[str, str] = {}  # endpoint id -> its whsec_ secret
     jwt_key: bytes | None = None  # the HS256 secret, or the PEM public key

@@ -17,6 +17,7 @@ construction.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,9 +35,19 @@ OPEN = None  # the grant of a relay with no auth configured
 class Grant:
     channels: tuple[str, ...]
     expires: float | None = None  # unix time, for JWTs
+    # What the connection may publish to (contract section 10): names and
+    # patterns; none unless the token says so.
+    publish: tuple[str, ...] = ()
+    # Who publishes, for the idempotency keys: a JWT's subject, else a digest
+    # of the token (a static token, or a JWT without ``sub``).
+    who: str | None = None
+    subject: str | None = None  # a JWT's ``sub``, shown with what it publishes
 
     def permits(self, requested: str) -> bool:
         return any(covers(allowed, requested) for allowed in self.channels)
+
+    def may_publish(self, channel: str) -> bool:
+        return any(covers(allowed, channel) for allowed in self.publish)
 
     def check(self, requested: Sequence[str]) -> None:
         for pattern in requested:
@@ -76,8 +87,10 @@ def origin_allowed(origins: Sequence[str] | None, origin: str | None) -> bool:
 
 class Authenticator:
     def __init__(self, tokens: Mapping[str, Sequence[str]], jwt: JwtVerifier | None = None,
-                 origins: Sequence[str] | None = None) -> None:
-        self._tokens = [(value.encode(), tuple(channels)) for value, channels in tokens.items()]
+                 origins: Sequence[str] | None = None, publish: Mapping[str, Sequence[str]] | None = None) -> None:
+        publish = publish or {}
+        self._tokens = [(value.encode(), tuple(channels), tuple(publish.get(value, ())))
+                        for value, channels in tokens.items()]
         self.jwt = jwt
         self.origins = origins  # the browser Origin allow-list (None: any)
 
@@ -104,16 +117,21 @@ class Authenticator:
         if not token:
             raise Unauthorized("a token is required: Authorization: Bearer <token> or ?token=")
         presented = token.encode()
-        found: tuple[str, ...] | None = None
-        for value, channels in self._tokens:
+        found: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        for value, channels, publish in self._tokens:
             # Compare against every token, in constant time each.
             if hmac.compare_digest(value, presented):
-                found = channels
+                found = channels, publish
         if found is not None:
-            return Grant(found)
+            return Grant(found[0], publish=found[1], who=_digest(presented))
         if self.jwt is not None and token.count(".") == 2:
             return self.jwt.grant(token, now)
         raise Unauthorized("the token is not valid")
+
+
+def _digest(token: bytes) -> str:
+    """A token's name for the idempotency keys: never the token itself."""
+    return "t:" + hashlib.sha256(token).hexdigest()[:32]
 
 
 # -- JWTs ---------------------------------------------------------------------
@@ -195,13 +213,27 @@ class JwtVerifier:
                 parse_pattern(pattern)
             except ValueError as exc:
                 raise Unauthorized(f"the JWT's channels claim: {exc}") from None
-        return Grant(tuple(channels), float(exp) + LEEWAY if exp is not None else None)
+        publish = claims.get("publish", [])
+        if not isinstance(publish, list) or not all(isinstance(c, str) for c in publish):
+            raise Unauthorized("the JWT's publish claim must be a list of channel names and patterns")
+        for pattern in publish:
+            try:
+                parse_pattern(pattern)
+            except ValueError as exc:
+                raise Unauthorized(f"the JWT's publish claim: {exc}") from None
+        sub = claims.get("sub")
+        subject = sub if isinstance(sub, str) and sub else None
+        return Grant(tuple(channels), float(exp) + LEEWAY if exp is not None else None, publish=tuple(publish),
+                     who=("s:" + subject) if subject else _digest(token.encode()), subject=subject)
 
 
-def mint(key: bytes, channels: list[str], ttl: float, now: float, private_pem: bool = False, subject: str | None = None) -> str:
+def mint(key: bytes, channels: list[str], ttl: float, now: float, private_pem: bool = False, subject: str | None = None,
+         publish: list[str] | None = None) -> str:
     """A token for trying the relay: HS256 with a secret, or RS256/ES256 with a PEM private key."""
     jwt = _pyjwt()
     claims: dict[str, object] = {"channels": channels, "iat": int(now), "exp": int(now + ttl)}
+    if publish:
+        claims["publish"] = publish
     if subject:
         claims["sub"] = subject
     if private_pem:

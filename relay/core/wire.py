@@ -3,8 +3,8 @@ encoder, one decoder per direction.
 
 Server to client: ``Welcome`` (the first message), ``Envelope`` (an event,
 the contract's envelope), ``Gap``, ``Error``, ``Subscribed``,
-``Unsubscribed``, ``Refreshed``. Client to server: ``Subscribe``,
-``Unsubscribe``, ``Refresh``. Every message is a JSON object whose ``type``
+``Unsubscribed``, ``Refreshed``, ``Published``. Client to server:
+``Subscribe``, ``Unsubscribe``, ``Refresh``, ``Publish``. Every message is a JSON object whose ``type``
 names it (the Struct's tag, written first).
 
 The WebSocket session (``relay.fanout.ws``) encodes what it sends and
@@ -61,9 +61,20 @@ class Gap(Message, tag="gap"):
     next: str | None = None
 
 
-class Error(Message, tag="error"):
+class Error(Message, tag="error", omit_defaults=True):
+    """A refusal. ``key`` is the idempotency key of the publish it answers."""
+
     error: str | None = None
     detail: str | None = None
+    key: str | None = None
+
+
+class Published(Message, tag="published"):
+    """A publish is stored (or was, under the same key): its event's id."""
+
+    id: str | None = None
+    channel: str | None = None
+    key: str | None = None
 
 
 class Subscribed(Message, tag="subscribed"):
@@ -95,14 +106,25 @@ class Refresh(Message, tag="refresh"):
     token: str | None = None
 
 
+class Publish(Message, tag="publish"):
+    """Publish ``data`` (any JSON, kept byte for byte) to ``channel``.
+
+    The fields are loosely typed so that a wrong one is answered with an
+    ``invalid`` error carrying the message's key, not a ``bad_message``."""
+
+    channel: object = None
+    data: msgspec.Raw = msgspec.Raw(b"")
+    key: object = None
+
+
 class Unknown(msgspec.Struct):
     """A message of a type this side does not know."""
 
     type: str
 
 
-ServerMessage = Union[Welcome, Envelope, Gap, Error, Subscribed, Unsubscribed, Refreshed]
-ClientMessage = Union[Subscribe, Unsubscribe, Refresh]
+ServerMessage = Union[Welcome, Envelope, Gap, Error, Subscribed, Unsubscribed, Refreshed, Published]
+ClientMessage = Union[Subscribe, Unsubscribe, Refresh, Publish]
 
 _encoder = msgspec.json.Encoder()
 _server_decoder = msgspec.json.Decoder(ServerMessage)

@@ -23,10 +23,14 @@ import trio
 
 from ..core.envelope import Event
 from ..core.grants import Authenticator
+from ..core.publish import Rules
 from ..store.base import Store
 from .hub import Hub
 from .subscriber import Subscriber
 from .timers import Timers
+
+
+MAX_CLIENT_MESSAGE = 64 * 1024  # contract section 5: a client frame over this closes with 1009
 
 
 class Sessions:
@@ -35,7 +39,7 @@ class Sessions:
     def __init__(self, hub: Hub, store: Store, timers: Timers, now: Callable[[], float], auth: Authenticator, *,
                  queue: int, policy: str, ping_interval: float, origins: Sequence[str] | None,
                  stopping: trio.Event, may_subscribe: Callable[[], bool],
-                 hand_off: Callable[..., None]) -> None:
+                 hand_off: Callable[..., None], publish_rules: Rules = Rules()) -> None:
         self.hub = hub
         self.store = store
         self.timers = timers
@@ -52,6 +56,14 @@ class Sessions:
         # Frames sent per transport, and slow consumers per policy
         # (``core.outbox.slow_key``): every subscriber adds to this one dict.
         self.stats: dict[str, int] = {"ws": 0, "sse": 0}
+        # Publishing: the [publish] sections, the largest client message they
+        # admit (64 KiB, or a section's max_bytes and room for the message
+        # around it), and publishes answered by status (published,
+        # duplicate, forbidden, invalid, rate_limited, unavailable).
+        self.publish_rules = publish_rules
+        largest = max([0, *(rule.max_bytes for rule in publish_rules.rules)])
+        self.max_message = MAX_CLIENT_MESSAGE if largest <= MAX_CLIENT_MESSAGE else largest + 4096
+        self.published: Counter[str] = Counter()
 
     def start(self, session: SessionBase, patterns: list[str], since: str | None) -> None:
         """Run ``session`` as a task of its own (the listener keeps its slot)."""

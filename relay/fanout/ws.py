@@ -28,16 +28,18 @@ from wsproto.utilities import generate_accept_token
 from ..core import envelope, wire
 from ..core.channels import parse_pattern
 from ..core.envelope import Event
-from ..core.errors import BadRequest, RelayError, StoreUnavailable
+from ..core.errors import BadRequest, Forbidden, RateLimited, RelayError, StoreUnavailable
 from ..core.grants import Grant
+from ..core.publish import Publisher
 from ..core.request import Request
 from . import upgrade
 from .session import SessionBase, Sessions
 
 log = logging.getLogger("relay.ws")
 
-MAX_CLIENT_MESSAGE = 64 * 1024
 CONTROL_BACKLOG = 32  # client requests waiting for the control task
+PUBLISH_BACKLOG = 256  # publishes of one connection waiting for the store before `unavailable`
+PUBLISH_BATCH = 1000  # publishes of one connection appended to the store at once
 SLOW_DRAIN = 1.0  # seconds a slow consumer gets to take its close frame
 CLOSE_WAIT = 1.0  # seconds to wait for the client's close reply
 PING_PAYLOAD = b"relay"
@@ -106,7 +108,7 @@ async def accept_websocket(request: Request, answer: upgrade.Answer, sessions: S
 
 class Session(SessionBase):
     __slots__ = ("sessions", "grant", "stream", "ws", "sub", "unanswered_pings", "closing", "expires", "_requests",
-                 "_control_running")
+                 "_control_running", "_publisher", "_outgoing", "_waiting", "_publishing")
 
     def __init__(self, sessions: Sessions, stream: trio.abc.Stream, trailing: bytes, grant: Grant | None = None) -> None:
         super().__init__()
@@ -121,6 +123,13 @@ class Session(SessionBase):
         # Client requests wait here for the control task (both made on demand).
         self._requests: deque[tuple[str, str, str | None]] | None = None
         self._control_running = False
+        # Publishing (contract section 10), made on first use: the rules'
+        # state, and publishes (drafts, or refusals kept in their order)
+        # waiting for the store and the publish task that appends them.
+        self._publisher: Publisher | None = None
+        self._outgoing: deque[tuple[object, object]] | None = None
+        self._waiting = 0  # drafts among them
+        self._publishing = False
         # Pings and expiry come from the app's timers; the session's other
         # tasks start on demand (``SessionBase``): an idle one is the reader.
 
@@ -206,7 +215,7 @@ class Session(SessionBase):
             for event in self.ws.events():
                 if isinstance(event, Message):
                     size += len(event.data)
-                    if size > MAX_CLIENT_MESSAGE:
+                    if size > self.sessions.max_message:
                         await self.close(1009, "message too big", wait_reply=False)
                         return
                     if isinstance(event, TextMessage):
@@ -237,6 +246,8 @@ class Session(SessionBase):
                     return
 
     def _on_message(self, text: str) -> None:
+        if self.closing:
+            return  # after our close frame, only the client's close reply matters
         try:
             message = wire.decode_client(text)
         except msgspec.DecodeError as exc:
@@ -254,8 +265,88 @@ class Session(SessionBase):
                 self._request((message.type, message.channel, since))
         elif isinstance(message, wire.Refresh):
             self.refresh(message.token)
+        elif isinstance(message, wire.Publish):
+            self.publish(message)
         else:
             self.error("bad_message", f"unknown message type {message.type[:40]!r}")
+
+    # -- publishing ------------------------------------------------------
+
+    def publish(self, message: wire.Publish) -> None:
+        """A client's publish: checked now (grant, size, schema, rate), then
+        stored by the publish task; answered in the order they came."""
+        sessions = self.sessions
+        key = message.key if isinstance(message.key, str) else None
+        if self._publisher is None:
+            self._publisher = Publisher(sessions.publish_rules)
+        publisher = self._publisher
+        outgoing = self._outgoing
+        if outgoing is None:
+            outgoing = self._outgoing = deque()
+        if len(outgoing) >= 4 * PUBLISH_BACKLOG:
+            # Answers it does not wait for, faster than the store takes them
+            # (closed as for a flood past the rate: read until its reply).
+            self._spawn(self.close, 1008, "too many requests")
+            return
+        now = sessions.now()
+        try:
+            if self.expires is not None and now >= self.expires:
+                raise Forbidden("the token has expired; refresh it to publish")
+            draft = publisher.admit(self.grant, message.channel, bytes(message.data), message.key,
+                                    trio.current_time(), now)
+        except RelayError as exc:
+            if isinstance(exc, RateLimited) and publisher.flooding:
+                # Closed, but still read until its close reply (within
+                # CLOSE_WAIT): closing on unread data would reset the
+                # connection and lose the close frame with the reason.
+                sessions.published["rate_limited"] += 1
+                self._spawn(self.close, 1008, "too many requests")
+                return
+            outgoing.append((wire.Error(error=exc.code, detail=exc.detail, key=key), exc.code))
+        else:
+            if self._waiting >= PUBLISH_BACKLOG:
+                outgoing.append((wire.Error(error="unavailable", key=key,
+                                            detail=f"{self._waiting} publishes of this connection are waiting for "
+                                                   "the store; wait for their answers"), "unavailable"))
+            else:
+                self._waiting += 1
+                outgoing.append((draft, key))
+        if not self._publishing:
+            self._publishing = True
+            self._spawn(self._publish_task)
+
+    async def _publish_task(self) -> None:
+        """Appends the connection's waiting publishes, a run of them at once,
+        and answers each: ``published`` once stored, or the refusal."""
+        outgoing, published = self._outgoing, self.sessions.published
+        assert outgoing is not None
+        try:
+            while outgoing:
+                head, tag = outgoing[0]
+                if isinstance(head, wire.Error):
+                    outgoing.popleft()
+                    published[str(tag)] += 1
+                    self.send(head)
+                    continue
+                batch = []
+                while outgoing and len(batch) < PUBLISH_BATCH and not isinstance(outgoing[0][0], wire.Error):
+                    batch.append(outgoing.popleft())
+                drafts = [draft for draft, _ in batch]
+                try:
+                    appended = await self.sessions.store.append(drafts)  # type: ignore[arg-type]
+                except StoreUnavailable as exc:
+                    for _, key in batch:
+                        published["unavailable"] += 1
+                        self.send(wire.Error(error="unavailable", detail=exc.detail, key=key))  # type: ignore[arg-type]
+                else:
+                    for (_, key), done in zip(batch, appended):
+                        published["duplicate" if done.duplicate else "published"] += 1
+                        self.send(wire.Published(id=done.event.id, channel=done.event.channel,
+                                                 key=key))  # type: ignore[arg-type]
+                finally:
+                    self._waiting -= len(batch)
+        finally:
+            self._publishing = False
 
     # -- subscriptions ---------------------------------------------------
 

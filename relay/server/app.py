@@ -23,6 +23,7 @@ from ..config.files import server_context
 from ..config.model import Config
 from ..core.grants import Authenticator, JwtVerifier
 from ..core.ingest import build_routes
+from ..core.publish import compile_rules
 from ..fanout.hub import Hub
 from ..fanout.session import Sessions
 from ..fanout.timers import Timers, WallClock, tick_every
@@ -58,7 +59,7 @@ class App:
         if config.jwt_key is not None:
             jwt_verifier = (JwtVerifier.from_public_key(config.jwt_key) if config.jwt_is_public
                             else JwtVerifier.from_secret(config.jwt_key))
-        auth = Authenticator(config.tokens, jwt_verifier, config.auth.origins)
+        auth = Authenticator(config.tokens, jwt_verifier, config.auth.origins, publish=config.token_publish)
         self.tls = None
         if config.server.tls is not None:
             self.tls = server_context(config.server.tls.cert, config.server.tls.key)
@@ -70,7 +71,7 @@ class App:
                                queue=config.delivery.queue, policy=config.delivery.slow_consumer,
                                ping_interval=config.server.ping_interval, origins=config.auth.origins,
                                stopping=self.stopping, may_subscribe=self.listener.may_subscribe,
-                               hand_off=self.listener.hand_off)
+                               hand_off=self.listener.hand_off, publish_rules=compile_rules(config.publish))
         self.sessions = self.fanout.live
         webhooks = Webhooks(routes, self.store, config.server.max_body_bytes)
         self.webhooks = webhooks.counts  # answered, by (route, status)

@@ -46,6 +46,7 @@ from ..net.listener import Listener
 from ..outbound.service import Outbound
 from .router import Responder
 
+PUBLISH_STATUSES = ("published", "duplicate", "forbidden", "invalid", "rate_limited", "unavailable")
 TRANSPORTS = ("ws", "sse")
 POLICIES = ("disconnect", "drop")
 # A relay on one host delivers in well under a millisecond; a loaded one, or
@@ -73,7 +74,9 @@ class _Collector(Collector):
                 stored += count
         yield webhooks
         # A 202 is sent only once the event is in the store: the 202s are
-        # exactly the events this relay stored (duplicates answer 200).
+        # exactly the webhooks this relay stored (duplicates answer 200); a
+        # subscriber's publish is answered `published` the same way.
+        stored += self.sessions.published.get("published", 0)
         yield CounterMetricFamily("relay_events_stored", "Events this relay appended to the store.", value=stored)
         stats = self.sessions.stats
         frames = CounterMetricFamily("relay_frames_sent", "Event frames sent to subscribers, by transport.",
@@ -81,6 +84,13 @@ class _Collector(Collector):
         for transport in TRANSPORTS:
             frames.add_metric([transport], stats.get(transport, 0))
         yield frames
+        published = CounterMetricFamily(
+            "relay_published", "Publishes from WebSocket subscribers, by answer: published, duplicate (an "
+            "idempotency key seen before), forbidden, invalid, rate_limited, unavailable.", labels=["status"])
+        answered = self.sessions.published
+        for status in PUBLISH_STATUSES:
+            published.add_metric([status], answered.get(status, 0))
+        yield published
         slow = CounterMetricFamily(
             "relay_slow_consumers", "Subscribers whose queue overflowed: disconnected (1013) or events dropped.",
             labels=["policy"])

@@ -87,3 +87,37 @@ def test_loading_a_redis_config_loads_no_event_loop_and_no_engine(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
+
+
+def test_publish_sections_and_token_publish_grants_are_read_and_checked():
+    config = parse("""
+    [auth]
+    tokens = [{ token = "w", channels = ["chat.*"], publish = ["chat.*"] }, { token = "r", channels = ["*"] }]
+
+    [publish."chat.*"]
+    max_bytes = 1024
+    rate = 5.0
+    burst = 10
+    """, env={})
+    assert config.token_publish == {"w": ("chat.*",)}
+    section = config.publish["chat.*"]
+    assert (section.max_bytes, section.rate, section.burst, section.schema) == (1024, 5.0, 10, None)
+    assert parse("", env={}).publish == {}
+    found = problems("""
+    [auth]
+    tokens = [{ token = "w", channels = ["a"], publish = ["bad channel"] }]
+
+    [publish."no good"]
+    max_bytes = 10
+
+    [publish."x.*"]
+    burst = 3
+    max_bytes = 0
+    schema = "missing.json"
+    unknown = 1
+    """)
+    assert "auth.tokens[0].publish" in found
+    assert "publish.no good" in found
+    assert found["publish.x.*.burst"] == "burst needs rate"
+    assert "publish.x.*.max_bytes" in found and "publish.x.*.unknown" in found
+    assert "file not found" in found["publish.x.*.schema"]

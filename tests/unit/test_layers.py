@@ -51,6 +51,7 @@ LAZY = {
     ("relay.cli.tail", "run"),
     ("relay.cli.forward", "run"),
     ("relay.cli.send", "run"),
+    ("relay.cli.publish", "run"),
 }
 
 

@@ -40,7 +40,20 @@ def test_an_envelope_is_read_back_with_its_body_untouched():
 
 def test_a_message_of_a_type_the_reader_does_not_know_is_left_to_it_to_ignore():
     assert wire.decode_server('{"type":"presence","who":["x"]}') == wire.Unknown("presence")
-    assert wire.decode_client('{"type":"publish","channel":"a"}') == wire.Unknown("publish")
+    assert wire.decode_client('{"type":"presence","channel":"a"}') == wire.Unknown("presence")
+
+
+def test_a_publish_keeps_its_data_byte_for_byte_and_its_answers_carry_the_key():
+    message = wire.decode_client('{"type":"publish","channel":"c.a","key":"k","data": {"x" :  1.50} }')
+    assert isinstance(message, wire.Publish)
+    assert (message.channel, message.key, bytes(message.data)) == ("c.a", "k", b'{"x" :  1.50}')
+    assert wire.encode(wire.Published(id="7", channel="c.a", key="k")) == (
+        b'{"type":"published","id":"7","channel":"c.a","key":"k"}')
+    assert wire.encode(wire.Error(error="forbidden", detail="no", key="k")) == (
+        b'{"type":"error","error":"forbidden","detail":"no","key":"k"}')
+    assert wire.encode(wire.Error(error="bad_message", detail="no")) == (
+        b'{"type":"error","error":"bad_message","detail":"no"}')
+    assert isinstance(wire.decode_server(b'{"type":"published","id":"7","channel":"c.a","key":null}'), wire.Published)
 
 
 @pytest.mark.parametrize("text, error", [
