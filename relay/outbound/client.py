@@ -349,7 +349,9 @@ async def _exchange(stream: trio.abc.Stream, conn: h11.Connection, target: Targe
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 data = await stream.receive_some(65536)
-                answered = answered or bool(data)
+                if not data and not answered:
+                    raise _Failed("protocol", "the connection closed before an answer", unanswered=True)
+                answered = True
                 conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 status = event.status_code
