@@ -168,6 +168,32 @@ async def test_an_endpoint_that_never_answers_does_not_delay_another(http):
     assert took < 5, took
 
 
+async def test_deliveries_to_an_endpoint_reuse_a_few_connections_all_closed_when_the_relay_stops(http):
+    async with trio.open_nursery() as nursery:
+        receiver = await nursery.start(Receiver(keep_alive=True).serve)
+        async with running_relay(relay_config(endpoint("billing", receiver.url))) as relay:
+            ids = [await post(http, relay, "pay", {"type": "t", "n": n}) for n in range(40)]
+            got = await receiver.until(40)
+            await until(lambda: relay.app.outbound.known["billing"].delivered == 40)
+            assert receiver.closed == 0  # kept open between deliveries
+        await receiver.until_closed(receiver.accepted, timeout=5)  # the relay left nothing open
+        nursery.cancel_scope.cancel()
+    assert sorted(g.headers["webhook-id"] for g in got) == sorted(ids)
+    assert 1 <= receiver.accepted <= 8  # max_in_flight, not one per delivery
+
+
+async def test_a_receiver_that_hangs_up_after_each_answer_still_gets_every_event_once(http):
+    async with trio.open_nursery() as nursery:
+        receiver = await nursery.start(Receiver(lambda _: Reply(close=True), keep_alive=True).serve)
+        async with running_relay(relay_config(endpoint("billing", receiver.url))) as relay:
+            ids = [await post(http, relay, "pay", {"type": "t", "n": n}) for n in range(30)]
+            await until(lambda: relay.app.outbound.known["billing"].delivered == 30)
+            attempts = await listed(http, f"{relay.base}/admin/endpoints/billing/attempts?limit=100", 30)
+        nursery.cancel_scope.cancel()
+    assert sorted(receiver.ids()) == sorted(ids)  # each once: none lost, none doubled
+    assert {a["status"] for a in attempts} == {200} and len(attempts) == 30
+
+
 async def test_an_ordered_endpoint_gets_one_attempt_at_a_time_in_log_order(http):
     seen: list[str] = []
 

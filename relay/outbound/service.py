@@ -112,6 +112,7 @@ class Outbound:
         self._attempts: list[Attempt] = []
         self._changed: dict[str, Endpoint] = {}
         self._limiter = trio.CapacityLimiter(settings.max_connections)
+        self.pool = client.Pool(max_connections=settings.max_connections)
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random()
         # Called after each attempt: (endpoint id, outcome class, seconds from
@@ -123,8 +124,13 @@ class Outbound:
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         await self._load()
+        # Keep-alive connections shared by every endpoint; the cap on
+        # outbound connections counts the idle ones too. The pool's task
+        # closes them as they expire and every idle one when this ends.
+        self.pool = client.Pool(max_connections=self.settings.max_connections)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.pool.run)
             nursery.start_soon(self._puller)
             nursery.start_soon(self._scheduler)
             nursery.start_soon(self._flusher)
@@ -352,8 +358,8 @@ class Outbound:
             return client.Answer(None, "secret", 0.0, detail=str(exc))
         headers += list(signed.items())
         headers += [("relay-channel", event.channel), ("relay-attempt", str(attempt))]
-        return await client.post(endpoint.url, headers, body, timeout=self.settings.timeout,
-                                 allow=self.settings.allow_private)
+        return await self.pool.post(endpoint.url, headers, body, timeout=self.settings.timeout,
+                                    allow=self.settings.allow_private)
 
     # -- persistence ------------------------------------------------------------------
 
