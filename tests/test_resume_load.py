@@ -75,7 +75,11 @@ class Client:
             if self.rng.random() < 0.3 and self.log.ids:
                 # A client that lost its place comes back from further behind.
                 known = self.log.sorted()
-                since = known[max(0, len(known) - REWIND)] if len(known) > REWIND else ""
+                back = known[max(0, len(known) - REWIND)] if len(known) > REWIND else ""
+                # Never forward: a client lagging more than REWIND behind the
+                # head (a loaded machine) would skip events it never got.
+                if not self.last or back == "" or order(back) < order(self.last):
+                    since = back
             await self.session(http, since, self.rng.uniform(0.05, 0.6))
         # Catch up to the end of the log once ingest has stopped.
         if self.last != self.log.sorted()[-1]:
