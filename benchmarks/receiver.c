@@ -5,7 +5,7 @@
  * measured). Compiled by benchmarks/run.py into a temporary directory
  * (gcc -O2); no binary is committed.
  *
- *   receiver --ports N [--blackhole I] [--status I=CODE] [--ids M] [--late-ms X]
+ *   receiver --ports N [--blackhole I] [--status I=CODE] [--retry-after S] [--ids M] [--late-ms X]
  *
  * Listens on N ports of 127.0.0.1 (the OS picks them) and prints
  * {"ports":[...]} on stdout. Every port answers each POST with its status
@@ -15,7 +15,8 @@
  * CLOCK_MONOTONIC send time), so latency = webhook sent -> endpoint read; and
  * the "webhook-id" (decimal), to count distinct deliveries and repeats.
  * Port I given to --blackhole accepts connections and never reads from them
- * (an endpoint that hangs).
+ * (an endpoint that hangs). With --retry-after S, a 429 or 503 answer
+ * carries "Retry-After: S".
  *
  * Commands on stdin, one a line:
  *   go                         reset the counters: the measured window starts
@@ -147,6 +148,7 @@ typedef struct {
 static port_t g_ports[MAXPORTS];
 static int g_nports;
 static uint64_t g_ids = 1u << 22;
+static int g_retry_after = -1;
 static conn_t **g_conns; /* by fd */
 static int g_maxfd;
 static int g_ep;
@@ -244,9 +246,11 @@ static int serve(conn_t *c, uint64_t t_read) {
                 else { p->seen[id >> 3] |= bit; p->distinct++; }
             } else p->distinct++; /* not checkable: counted as distinct */
         }
-        char resp[160];
-        int n = snprintf(resp, sizeof resp, "HTTP/1.1 %d %s\r\nContent-Length: 0\r\n%s\r\n", status, reason(status),
-                         close_req ? "Connection: close\r\n" : "");
+        char resp[200], ra[48] = "";
+        if (g_retry_after >= 0 && (status == 429 || status == 503))
+            snprintf(ra, sizeof ra, "Retry-After: %d\r\n", g_retry_after);
+        int n = snprintf(resp, sizeof resp, "HTTP/1.1 %d %s\r\nContent-Length: 0\r\n%s%s\r\n", status,
+                         reason(status), ra, close_req ? "Connection: close\r\n" : "");
         ssize_t w = write(c->fd, resp, n);
         if (w < n) {
             /* rare: keep the rest and finish on EPOLLOUT */
@@ -442,6 +446,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--ports")) nports = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--blackhole")) blackhole = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--retry-after")) g_retry_after = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--ids")) g_ids = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--late-ms")) g_late_ns = (uint64_t)(atof(argv[i + 1]) * 1e6);
         else if (!strcmp(argv[i], "--status")) {
@@ -449,7 +454,8 @@ int main(int argc, char **argv) {
             const char *eq = strchr(argv[i + 1], '=');
             if (eq && p >= 0 && p < MAXPORTS) status[p] = atoi(eq + 1);
         } else {
-            fprintf(stderr, "usage: receiver --ports N [--blackhole I] [--status I=CODE] [--ids M] [--late-ms X]\n");
+            fprintf(stderr, "usage: receiver --ports N [--blackhole I] [--status I=CODE] [--retry-after S] [--ids M] "
+                            "[--late-ms X]\n");
             return 2;
         }
     }
