@@ -83,6 +83,24 @@ async def test_each_matching_event_is_posted_once_signed_and_byte_for_byte(http)
     assert charge.headers["content-type"] == "application/json"
 
 
+async def test_an_event_just_after_another_is_posted_without_waiting_for_a_batch_window(autojump_clock):
+    """The relay looks for new events in windows of a couple of
+    milliseconds (so a burst costs one look), not of tens: an event
+    published while the previous one is being delivered reaches its
+    endpoint a few milliseconds after its acknowledgement (trio's virtual
+    clock: the same every run)."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=100) as http:
+        receiver = await nursery.start(Receiver().serve)
+        async with running_relay(relay_config(endpoint("billing", receiver.url))) as relay:
+            await post(http, relay, "pay", {"type": "charge", "n": 1})
+            await receiver.until(1)
+            acknowledged = trio.current_time()
+            await post(http, relay, "pay", {"type": "charge", "n": 2})
+            second = (await receiver.until(2))[1]
+        nursery.cancel_scope.cancel()
+    assert second.at - acknowledged < 0.01
+
+
 async def test_a_failed_attempt_is_retried_with_the_same_id_and_a_fresh_signature(http):
     answers = iter([Reply(500, body=b"boom"), Reply(503, [("retry-after", "0")]), Reply(200)])
     async with trio.open_nursery() as nursery:

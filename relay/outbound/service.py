@@ -54,6 +54,10 @@ log = logging.getLogger("relay.outbound")
 WINDOW = 1000
 # Seconds between persisting batches of verdicts, at most.
 FLUSH_EVERY = 0.05
+# Seconds between looks at the log for new events, at least: the looks
+# coalesce a burst of publishes, and bound what a delivery waits before it
+# is owed (a part of its latency, so small).
+PULL_EVERY = 0.002
 # A lease lasts this much longer than an attempt may take: half the timeout
 # again, and two seconds for the renewal's own round trip.
 LEASE_MARGIN = 2.0
@@ -202,7 +206,7 @@ class Outbound:
                             await trio.sleep_forever()
                         self._pull.set()
                         break
-            await trio.sleep(FLUSH_EVERY)  # coalesce: one look per batch of publishes
+            await trio.sleep(PULL_EVERY)  # coalesce: one look per batch of publishes
 
     async def _read(self, live: Live) -> None:
         endpoint = live.endpoint
