@@ -22,6 +22,14 @@ directory; both servers serve https and wss, the load verifies the
 certificate) and, for the relay, with the redis store (a key prefix of its
 own per server start, deleted afterwards; Redis's CPU over the window is
 read from INFO and reported beside the relay's).
+
+``--only outbound``: the relay as a webhook sender against the baseline's
+aiohttp sender, delivering to 10 endpoints on the compiled receiver
+(``receiver.c``, on core 1 with the load): throughput on the memory and
+sqlite stores, latency at 1,000 webhooks/s spread over the endpoints (POST
+sent -> endpoint read), the same with one endpoint a black hole, and a
+backlog of 100,000 deliveries waiting on retries (bytes per pending
+delivery, and the latency before and while it is held).
 """
 
 from __future__ import annotations
