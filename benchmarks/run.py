@@ -1,7 +1,7 @@
 """The benchmark suite: the relay and the aiohttp baseline, same scenarios, one run.
 
-    .venv/bin/python -m benchmarks.run            # the full suite, ~10 minutes
-    .venv/bin/python -m benchmarks.run --quick    # a short pass, under 2 minutes
+    .venv/bin/python -m benchmarks.run            # the full suite, 10-15 minutes
+    .venv/bin/python -m benchmarks.run --quick    # a short pass, about 2 minutes
     .venv/bin/python -m benchmarks.run --only fanout --subs 1000 --sizes 1024
     .venv/bin/python -m benchmarks.run --only sse,tls,redis
 
@@ -1197,7 +1197,7 @@ def stall_pairs(load: Path, tmp: Path, kinds: list[str], pairs: int, secs: int =
 def main(argv: list[str] | None = None) -> int:
     global REDIS_URL
     parser = argparse.ArgumentParser(description="Benchmark the relay against an aiohttp baseline.")
-    parser.add_argument("--quick", action="store_true", help="a short pass (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a short pass (about 2 minutes)")
     parser.add_argument("--only", help="comma-separated: " + ",".join(GROUPS))
     parser.add_argument("--subs", type=lambda s: [int(x) for x in s.split(",")], help="subscriber counts")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="event body sizes, bytes")
