@@ -26,6 +26,21 @@ writer task with ``send_str`` (``StreamResponse.write`` for SSE); a full
 queue closes the subscriber with 1013 (the relay's ``disconnect`` policy),
 or ends its SSE stream.
 
+With ``--endpoints FILE`` (JSON, see ``Outbound``) it also sends what it
+receives to webhook endpoints, as a competent developer would write it
+with aiohttp: one ``ClientSession`` (keep-alive pool, ``limit`` =
+``max_in_flight``) and one worker task per endpoint, an ``asyncio.Queue``
+of deliveries owed, a semaphore of ``max_in_flight`` attempts, Standard
+Webhooks signing (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature`` ``v1,`` HMAC-SHA256 under the ``whsec_`` secret, plus
+``relay-channel`` and ``relay-attempt``, the relay's headers), the body as
+received with its ``Content-Type``, no redirect followed, and retries in
+memory on the same schedule shape (``retry[n]`` seconds before attempt n+1,
++/- ``jitter``, ``Retry-After`` on a 429 or 503 honoured up to the longest
+delay) with ``loop.call_later``. What it does not do that the relay does:
+persist anything, ramp a failing endpoint down to one attempt at a time,
+check addresses, disable endpoints, keep an attempt log.
+
 Run it on its own: ``python benchmarks/baseline_aiohttp.py --port 0`` prints
 ``baseline: listening on http://127.0.0.1:PORT`` on stderr. With
 ``--tls-cert PEM --tls-key PEM`` it serves https and wss instead (aiohttp's
@@ -37,11 +52,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
+import random
 import ssl
 import sys
 import time
 
+import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 QUEUE = 1024
@@ -61,12 +81,95 @@ def sse_message(event_id: str, text: str) -> bytes:
     return f"id: {event_id}\ndata: {text}\n\n".encode()
 
 
+class Endpoint:
+    """One webhook endpoint: a session, a queue of deliveries owed, a worker."""
+
+    def __init__(self, spec: dict, retry: list[float], jitter: float, timeout: float, max_in_flight: int) -> None:
+        self.id = spec["id"]
+        self.url = spec["url"]
+        self.channels = set(spec["channels"])
+        self.key = base64.b64decode(spec["secret"].removeprefix("whsec_"))
+        self.retry = retry
+        self.jitter = jitter
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        # (event id, channel, body, content type, attempt)
+        self.queue: asyncio.Queue[tuple[str, str, bytes, str, int]] = asyncio.Queue()
+        self.session: aiohttp.ClientSession | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(limit=self.max_in_flight))
+        self.tasks.add(asyncio.create_task(self.worker()))
+
+    async def worker(self) -> None:
+        semaphore = asyncio.Semaphore(self.max_in_flight)
+        while True:
+            item = await self.queue.get()
+            await semaphore.acquire()
+            task = asyncio.create_task(self.attempt(item, semaphore))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def attempt(self, item: tuple[str, str, bytes, str, int], semaphore: asyncio.Semaphore) -> None:
+        event_id, channel, body, content_type, attempt = item
+        ok, wait = False, None
+        try:
+            timestamp = str(int(time.time()))
+            mac = hmac.new(self.key, f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+            headers = {"Content-Type": content_type, "webhook-id": event_id, "webhook-timestamp": timestamp,
+                       "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+                       "relay-channel": channel, "relay-attempt": str(attempt)}
+            assert self.session is not None
+            async with self.session.post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
+                await resp.read()
+                ok = 200 <= resp.status < 300
+                retry_after = resp.headers.get("Retry-After", "")
+                if resp.status in (429, 503) and retry_after.isdigit():
+                    wait = min(float(retry_after), max(self.retry))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            semaphore.release()
+        if not ok and attempt < len(self.retry):
+            delay = self.retry[attempt] * (1 + self.jitter * (2 * random.random() - 1))
+            if wait is not None:
+                delay = max(delay, wait)
+            asyncio.get_running_loop().call_later(
+                delay, self.queue.put_nowait, (event_id, channel, body, content_type, attempt + 1))
+
+
+class Outbound:
+    """``--endpoints FILE``: {"endpoints": [{"id", "url", "channels", "secret"}],
+    "retry": [...], "jitter", "timeout", "max_in_flight"}."""
+
+    def __init__(self, config: dict) -> None:
+        retry = [float(x) for x in config.get("retry", [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400])]
+        self.endpoints = [Endpoint(e, retry, float(config.get("jitter", 0.2)), float(config.get("timeout", 15.0)),
+                                   int(config.get("max_in_flight", 8))) for e in config["endpoints"]]
+        self.by_channel: dict[str, list[Endpoint]] = {}
+        for e in self.endpoints:
+            for c in e.channels:
+                self.by_channel.setdefault(c, []).append(e)
+
+    async def start(self) -> None:
+        for e in self.endpoints:
+            await e.start()
+
+    def published(self, event_id: str, channel: str, body: bytes, content_type: str) -> None:
+        for e in self.by_channel.get(channel, ()):
+            e.queue.put_nowait((event_id, channel, body, content_type, 1))
+
+
 class Relay:
-    def __init__(self) -> None:
+    def __init__(self, outbound: Outbound | None = None) -> None:
         self.events: list[tuple[int, str, str]] = []  # (seq, channel, envelope text)
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.closing: set[asyncio.Task[None]] = set()
         self.keys: dict[str, str] = {}  # publish idempotency key -> event id
+        self.outbound = outbound
 
     @property
     def head(self) -> str:
@@ -113,6 +216,8 @@ class Relay:
                 sub.queue.put_nowait(message if sub.sse else text)
             except asyncio.QueueFull:
                 self.slow(sub)
+        if self.outbound is not None:
+            self.outbound.published(event_id, channel, data.encode(), headers.get("Content-Type", ""))
         return event_id
 
     def slow(self, sub: Subscriber) -> None:
@@ -220,13 +325,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8081, help="0: let the OS pick, print it")
     parser.add_argument("--tls-cert", help="PEM certificate chain: serve https and wss")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--endpoints", help="JSON: webhook endpoints to send what is received to")
     args = parser.parse_args()
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(args.tls_cert, args.tls_key)
-    relay = Relay()
+    outbound = None
+    if args.endpoints:
+        with open(args.endpoints) as f:
+            outbound = Outbound(json.load(f))
+    relay = Relay(outbound)
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_post("/hooks/{route}", relay.hook)
     app.router.add_get("/ws", relay.websocket)
@@ -235,6 +345,8 @@ def main() -> None:
     async def run() -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        if outbound is not None:
+            await outbound.start()
         site = web.TCPSite(runner, args.host, args.port, backlog=4096, ssl_context=context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -38,6 +38,8 @@
  *       each. --rate R sends on a fixed schedule over up to K connections.
  *       --newconn opens a connection per webhook (Connection: close).
  *       --ids FILE writes every acknowledged id (as a key, see below) there.
+ *       --routes N spreads the webhooks over N routes, ROUTE0..ROUTE(N-1),
+ *       in turn (webhook k to ROUTE(k % N)).
  *       Prints one JSON line: acknowledged count, first and last id, rate,
  *       ack latency, CPU.
  *
@@ -883,7 +885,8 @@ typedef struct {
 } conn_t;
 
 static const char *g_host, *g_route;
-static int g_port, g_size, g_newconn;
+static int g_port, g_size, g_newconn, g_routes;
+static long long g_seq; /* webhooks built: with --routes N, webhook k goes to ROUTE(k % N) */
 static struct sockaddr_in g_addr;
 
 static size_t build_request(char *buf, size_t cap, uint64_t t) {
@@ -892,10 +895,13 @@ static size_t build_request(char *buf, size_t cap, uint64_t t) {
     int pad = g_size - bh - 2;
     if (pad < 0) pad = 0;
     int body_len = bh + pad + 2;
+    char suffix[16] = "";
+    if (g_routes > 0) snprintf(suffix, sizeof suffix, "%lld", g_seq % g_routes);
+    g_seq++;
     int n = snprintf(buf, cap,
-                     "POST /hooks/%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                     "POST /hooks/%s%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
                      "Content-Length: %d\r\n%s\r\n",
-                     g_route, g_host, g_port, body_len, g_newconn ? "Connection: close\r\n" : "");
+                     g_route, suffix, g_host, g_port, body_len, g_newconn ? "Connection: close\r\n" : "");
     memcpy(buf + n, body_head, bh);
     memset(buf + n + bh, 'x', pad);
     memcpy(buf + n + bh + pad, "\"}", 2);
@@ -926,7 +932,7 @@ static void tls_preconnect(conn_t *c) {
 
 static int pub_main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: load pub HOST PORT ROUTE --count C --seconds S [--rate R] [--conns K] [--size B] [--newconn 1]"
+        fprintf(stderr, "usage: load pub HOST PORT ROUTE --count C --seconds S [--rate R] [--conns K] [--size B] [--newconn 1] [--routes N]"
                         " [--ids FILE] [--tls 1] [--cafile CA]\n");
         return 2;
     }
@@ -945,6 +951,7 @@ static int pub_main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--conns")) nconns = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--size")) g_size = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--newconn")) g_newconn = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--routes")) g_routes = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--ids")) ids_path = argv[i + 1];
         else if (!strcmp(argv[i], "--tls")) tls = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--cafile")) cafile = argv[i + 1];

@@ -1,7 +1,7 @@
 """The benchmark suite: the relay and the aiohttp baseline, same scenarios, one run.
 
-    .venv/bin/python -m benchmarks.run            # the full suite, ~10 minutes
-    .venv/bin/python -m benchmarks.run --quick    # a short pass, under 2 minutes
+    .venv/bin/python -m benchmarks.run            # the full suite, 10-15 minutes
+    .venv/bin/python -m benchmarks.run --quick    # a short pass, about 2 minutes
     .venv/bin/python -m benchmarks.run --only fanout --subs 1000 --sizes 1024
     .venv/bin/python -m benchmarks.run --only sse,tls,redis
 
@@ -22,11 +22,20 @@ directory; both servers serve https and wss, the load verifies the
 certificate) and, for the relay, with the redis store (a key prefix of its
 own per server start, deleted afterwards; Redis's CPU over the window is
 read from INFO and reported beside the relay's).
+
+``--only outbound``: the relay as a webhook sender against the baseline's
+aiohttp sender, delivering to 10 endpoints on the compiled receiver
+(``receiver.c``, on core 1 with the load): throughput on the memory and
+sqlite stores, latency at 1,000 webhooks/s spread over the endpoints (POST
+sent -> endpoint read), the same with one endpoint a black hole, and a
+backlog of 100,000 deliveries waiting on retries (bytes per pending
+delivery, and the latency before and while it is held).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import resource
@@ -204,6 +213,80 @@ def certs(tmp: Path) -> Certs:
     return c
 
 
+# ---------------------------------------------------------------- outbound webhooks
+
+# The endpoints' secret (any whsec_ of 24-64 bytes: both servers sign with it).
+WHSEC = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+SPREAD = 10  # endpoints the outbound scenarios deliver to, e0..e9 on routes bench0..bench9
+
+
+@dataclass
+class Endpoints:
+    """The webhook endpoints a server is given: (id, url, channels), the
+    routes they need beyond ``bench`` (channel = route name for both
+    servers) and the [outbound] settings that differ from the defaults."""
+
+    endpoints: list[tuple[str, str, list[str]]]
+    routes: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def relay_toml(self) -> str:
+        out = ['\n[outbound]', 'allow_private = ["127.0.0.0/8"]']
+        out += [f"{k} = {json.dumps(v)}" for k, v in self.settings.items()]
+        for r in self.routes:
+            out += ["", f"[routes.{r}]", f'channel = "{r}"', 'verify = "none"']
+        for eid, url, channels in self.endpoints:
+            out += ["", f"[endpoints.{eid}]", f'url = "{url}"', f"channels = {json.dumps(channels)}",
+                    f'secret = "{WHSEC}"']
+        return "\n".join(out) + "\n"
+
+    def baseline_json(self) -> dict[str, Any]:
+        return {"endpoints": [{"id": e, "url": u, "channels": c, "secret": WHSEC} for e, u, c in self.endpoints],
+                **self.settings}
+
+
+def spread_endpoints(ports: list[int]) -> list[tuple[str, str, list[str]]]:
+    """e0..e9, one per receiver port: each takes channel ``bench`` (every
+    event: the throughput runs) and ``bench<i>`` (a tenth: the latency runs)."""
+    return [(f"e{i}", f"http://127.0.0.1:{ports[i]}/hook", ["bench", f"bench{i}"]) for i in range(SPREAD)]
+
+
+class Receiver:
+    """The compiled webhook receiver (``receiver.c``) on core 1 with the load."""
+
+    def __init__(self, path: Path, ports: int, blackhole: int = -1, status: dict[int, int] | None = None,
+                 retry_after: int = -1) -> None:
+        cmd = [str(path), "--ports", str(ports), "--blackhole", str(blackhole), "--retry-after", str(retry_after)]
+        for i, code in (status or {}).items():
+            cmd += ["--status", f"{i}={code}"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=pin(LOAD_CORE))
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.proc.stdout, selectors.EVENT_READ)
+        self.ports: list[int] = self.line(10)["ports"]
+
+    def line(self, timeout: float) -> dict[str, Any]:
+        if not self.sel.select(timeout):
+            raise TimeoutError("the receiver did not answer in time")
+        text = self.proc.stdout.readline()
+        if not text:
+            raise RuntimeError("the receiver exited")
+        return json.loads(text)
+
+    def tell(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self, kind: str, total: int, seconds: float, ports: list[int] | None = None) -> dict[str, Any]:
+        self.tell(f"wait {kind} {total} {seconds} {','.join(map(str, ports)) if ports is not None else 'all'}")
+        return self.line(seconds + 15)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -252,7 +335,7 @@ class Server:
     """One relay or baseline process on core 0, listening on a port it picked."""
 
     def __init__(self, kind: str, tmp: Path, engine: str = "memory", log_level: str = "warning",
-                 tls: Certs | None = None, prefill: int = 0) -> None:
+                 tls: Certs | None = None, prefill: int = 0, outbound: Endpoints | None = None) -> None:
         self.kind = kind
         self.tls = tls
         self.redis: Redis | None = None
@@ -280,12 +363,18 @@ class Server:
                                        redis_prefix=self.redis_prefix or "relay:")
             if tls:
                 text = text.replace("\n[log]", RELAY_TLS.format(cert=tls.cert, key=tls.key) + "\n[log]", 1)
+            if outbound:
+                text += outbound.relay_toml()
             config.write_text(text)
             cmd = [sys.executable, "-m", "relay", "serve", "-c", str(config)]
         else:
             cmd = [sys.executable, str(HERE / "baseline_aiohttp.py"), "--port", "0"]
             if tls:
                 cmd += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+            if outbound:
+                spec = tmp / f"endpoints-{time.monotonic_ns()}.json"
+                spec.write_text(json.dumps(outbound.baseline_json()))
+                cmd += ["--endpoints", str(spec)]
         self.err = open(self.log, "w+")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.err,
                                      preexec_fn=pin(SERVER_CORE))
@@ -374,8 +463,8 @@ class Subscribers:
 
 def publish(load: Path, port: int, *, count: int, seconds: float, rate: float = 0, conns: int = 4,
             size: int = 1024, newconn: bool = False, tls: Certs | None = None,
-            ids: Path | None = None) -> dict[str, Any]:
-    cmd = [str(load), "pub", "127.0.0.1", str(port), CHANNEL, "--count", str(count), "--seconds", str(seconds),
+            ids: Path | None = None, route: str = CHANNEL, routes: int = 0) -> dict[str, Any]:
+    cmd = [str(load), "pub", "127.0.0.1", str(port), route, "--routes", str(routes), "--count", str(count), "--seconds", str(seconds),
            "--rate", str(rate), "--conns", str(conns), "--size", str(size), "--newconn", "1" if newconn else "0"]
     if tls:
         cmd += ["--tls", "1", "--cafile", str(tls.ca)]
@@ -539,6 +628,203 @@ def ingest(load: Path, tmp: Path, kind: str, *, engine: str, newconn: bool, seco
     return res
 
 
+def _admin_pending(port: int) -> int | None:
+    """The relay's own count of deliveries waiting (GET /admin/endpoints)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/endpoints", timeout=10) as r:
+            listed = json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    items = listed.get("endpoints", []) if isinstance(listed, dict) else listed
+    return sum(int(e.get("pending") or 0) + int(e.get("in_flight") or 0) for e in items)
+
+
+def outbound_throughput(load: Path, recv: Path, tmp: Path, kind: str, *, engine: str, count: int,
+                        drain: float = 180.0) -> Result:
+    """1 KiB webhooks POSTed as fast as 4 keep-alive connections go, each
+    delivered to all 10 endpoints: deliveries/s from the first POST to the
+    last delivery read, and the server's CPU per delivery over that window."""
+    res = Result()
+    receiver = server = None
+    try:
+        receiver = Receiver(recv, SPREAD)
+        spec = Endpoints(spread_endpoints(receiver.ports), [f"bench{i}" for i in range(SPREAD)])
+        server = Server(kind, tmp, engine=engine if kind == "relay" else "memory", outbound=spec)
+        time.sleep(0.3)
+        receiver.tell("go")
+        wall0 = time.monotonic()
+        (u0, s0) = server.cpu()
+        core0, core1 = core_busy(min(SERVER_CORE)), core_busy(min(LOAD_CORE))
+        pub = publish(load, server.port, count=count, seconds=60, rate=0, conns=4, size=1024)
+        want = pub["acked"] * SPREAD
+        got = receiver.wait("ok", want, drain)
+        (u1, s1) = server.cpu()
+        wall = time.monotonic() - wall0
+        cpu = u1 + s1 - u0 - s0
+        other = core_busy(min(SERVER_CORE)) - core0 - cpu
+        other1 = core_busy(min(LOAD_CORE)) - core1 - got["cpu_s"] - pub["cpu_s"]
+        agg = got["agg"]
+        delivered = agg["distinct"]
+        span = max(1e-9, (agg["last_read_ns"] - pub["t0_ns"]) / 1e9)
+        res.ok = pub["acked"] == pub["sent"] and pub["ids_ok"] and delivered == want and not got["timed_out"]
+        if not res.ok:
+            res.error = (f"delivered {delivered} of {want} (acked {pub['acked']} of {pub['sent']} sent), "
+                         f"timed out: {bool(got['timed_out'])}")
+        res.values = {
+            "events": pub["acked"], "deliveries": delivered, "repeats": agg["repeats"],
+            "dl_s": delivered / span,
+            "us_dl": cpu / delivered * 1e6 if delivered else None,
+            "dl_cpu": delivered / cpu if cpu else None,
+            "srv_cpu": cpu / wall, "srv_sys": (s1 - s0) / cpu if cpu else None,
+            "recv_cpu": got["cpu_s"] / wall, "cli_cpu": pub["cpu_s"] / wall,
+            "p50": agg["p50_ms"], "p99": agg["p99_ms"], "max": agg["max_ms"],
+            "peak_mb": server.peak() / 2**20,
+            "other": max(0.0, other / wall), "other1": max(0.0, other1 / wall),
+        }
+    except Exception as exc:  # noqa: BLE001 - a failed scenario is a row, not a crash
+        res.ok = False
+        res.error = f"{type(exc).__name__}: {exc}"
+        if server and server.proc.poll() is not None:
+            res.error += "\n" + server.tail()
+    finally:
+        if receiver:
+            receiver.close()
+        if server:
+            server.stop()
+    return res
+
+
+def _spread_run(load: Path, server: Server, receiver: Receiver, *, rate: int, seconds: float,
+                measured: list[int], drain: float) -> dict[str, Any]:
+    """``rate`` webhooks/s for ``seconds``, webhook k to route bench(k % 10),
+    so endpoint e(k % 10); the figures of the ``measured`` endpoints."""
+    receiver.tell("go")
+    wall0 = time.monotonic()
+    (u0, s0) = server.cpu()
+    core0, core1 = core_busy(min(SERVER_CORE)), core_busy(min(LOAD_CORE))
+    pub = publish(load, server.port, count=int(rate * seconds), seconds=seconds, rate=rate, conns=16, size=1024,
+                  routes=SPREAD)
+    # Webhook k (0-based, in sending order) went to endpoint k % 10.
+    owed = {i: len(range(i, pub["sent"], SPREAD)) for i in range(SPREAD)}
+    want = sum(owed[i] for i in measured)
+    got = receiver.wait("ok", want, drain, measured)
+    (u1, s1) = server.cpu()
+    wall = time.monotonic() - wall0
+    cpu = u1 + s1 - u0 - s0
+    agg = got["agg"]
+    delivered = agg["distinct"]
+    return {
+        "ok": pub["acked"] == pub["sent"] and delivered == want and not got["timed_out"],
+        "error": (f"delivered {delivered} of {want} owed to the measured endpoints (acked {pub['acked']} of "
+                  f"{pub['sent']} sent)"),
+        "events": pub["acked"], "rate": pub["acked"] / pub["elapsed_s"], "deliveries": delivered,
+        "missing": want - delivered, "repeats": agg["repeats"], "late": agg["late"],
+        "us_dl": cpu / delivered * 1e6 if delivered else None,
+        "srv_cpu": cpu / wall, "recv_cpu": got["cpu_s"] / wall, "cli_cpu": pub["cpu_s"] / wall,
+        "p50": agg["p50_ms"], "p90": agg["p90_ms"], "p99": agg["p99_ms"], "p999": agg["p999_ms"],
+        "max": agg["max_ms"], "behind": pub["behind"],
+        "other": max(0.0, (core_busy(min(SERVER_CORE)) - core0 - cpu) / wall),
+        "other1": max(0.0, (core_busy(min(LOAD_CORE)) - core1 - got["cpu_s"] - pub["cpu_s"]) / wall),
+    }
+
+
+def outbound_latency(load: Path, recv: Path, tmp: Path, kind: str, *, seconds: float, blackhole: bool,
+                     rate: int = 1000, engine: str = "memory", drain: float = 20.0) -> Result:
+    """1,000 webhooks/s spread over 10 endpoints (100/s each); latency from
+    the POST sent to the endpoint reading the delivery, over endpoints e0..e8
+    (with ``blackhole``, e9 accepts and never reads)."""
+    res = Result()
+    receiver = server = None
+    try:
+        receiver = Receiver(recv, SPREAD, blackhole=SPREAD - 1 if blackhole else -1)
+        spec = Endpoints(spread_endpoints(receiver.ports), [f"bench{i}" for i in range(SPREAD)])
+        server = Server(kind, tmp, engine=engine if kind == "relay" else "memory", outbound=spec)
+        time.sleep(0.3)
+        v = _spread_run(load, server, receiver, rate=rate, seconds=seconds, measured=list(range(SPREAD - 1)),
+                        drain=drain)
+        res.ok = v.pop("ok")
+        res.error = "" if res.ok else v["error"]
+        v.pop("error")
+        v["peak_mb"] = server.peak() / 2**20
+        res.values = v
+    except Exception as exc:  # noqa: BLE001
+        res.ok = False
+        res.error = f"{type(exc).__name__}: {exc}"
+        if server and server.proc.poll() is not None:
+            res.error += "\n" + server.tail()
+    finally:
+        if receiver:
+            receiver.close()
+        if server:
+            server.stop()
+    return res
+
+
+def outbound_backlog(load: Path, recv: Path, tmp: Path, kind: str, *, endpoints: int, events: int,
+                     seconds: float, rate: int = 1000, build: float = 600.0, drain: float = 20.0) -> Result:
+    """``endpoints`` more endpoints on channel ``backlog``, all on one
+    receiver port that answers 503 with ``Retry-After: 3600``: ``events``
+    webhooks there make endpoints x events deliveries that each fail their
+    first attempt and wait an hour for the next. RSS growth over that
+    backlog / deliveries waiting = bytes per pending delivery. The latency
+    run of ``outbound_latency`` (all 10 healthy endpoints measured) goes
+    before the backlog and again while it is held, in the same process."""
+    res = Result()
+    receiver = server = None
+    try:
+        dead = SPREAD  # the receiver's port index that answers 503
+        receiver = Receiver(recv, SPREAD + 1, status={dead: 503}, retry_after=3600)
+        pb = receiver.ports[dead]
+        backlog = [(f"b{i}", f"http://127.0.0.1:{pb}/b{i}", ["backlog"]) for i in range(endpoints)]
+        spec = Endpoints(spread_endpoints(receiver.ports) + backlog, [f"bench{i}" for i in range(SPREAD)] + ["backlog"])
+        server = Server(kind, tmp, engine="memory", outbound=spec)
+        time.sleep(0.3)
+        healthy = list(range(SPREAD))
+        before = _spread_run(load, server, receiver, rate=rate, seconds=seconds, measured=healthy, drain=drain)
+        time.sleep(0.5)
+        rss0 = server.rss()
+        receiver.tell("go")
+        t0 = time.monotonic()
+        pub = publish(load, server.port, count=events, seconds=60, rate=0, conns=4, size=1024, route="backlog")
+        want = pub["acked"] * endpoints
+        got = receiver.wait("posts", want, build, [dead])
+        built = time.monotonic() - t0
+        time.sleep(1.0)  # the verdicts' last batch
+        rss1 = server.rss()
+        pending = got["agg"]["posts"]
+        admin = _admin_pending(server.port) if kind == "relay" else None
+        with_ = _spread_run(load, server, receiver, rate=rate, seconds=seconds, measured=healthy, drain=drain)
+        rss2 = server.rss()
+        res.ok = before["ok"] and with_["ok"] and pending >= want and not got["timed_out"]
+        if not res.ok:
+            res.error = (f"backlog: {pending} of {want} first attempts seen; before: "
+                         f"{'ok' if before['ok'] else before['error']}; with: {'ok' if with_['ok'] else with_['error']}")
+        res.values = {
+            "pending": pending, "admin_pending": admin, "build_s": built,
+            "rss_mb": (rss1 - rss0) / 2**20, "b_pending": (rss1 - rss0) / pending if pending else None,
+            "rss_after_mb": (rss2 - rss0) / 2**20,
+            "p50_before": before["p50"], "p99_before": before["p99"], "late_before": before["late"],
+            "p50_with": with_["p50"], "p99_with": with_["p99"], "late_with": with_["late"],
+            "us_before": before["us_dl"], "us_with": with_["us_dl"],
+            "missing": before["missing"] + with_["missing"],
+            "peak_mb": server.peak() / 2**20,
+            "other": max(before["other"], with_["other"]), "other1": max(before["other1"], with_["other1"]),
+        }
+    except Exception as exc:  # noqa: BLE001
+        res.ok = False
+        res.error = f"{type(exc).__name__}: {exc}"
+        if server and server.proc.poll() is not None:
+            res.error += "\n" + server.tail()
+    finally:
+        if receiver:
+            receiver.close()
+        if server:
+            server.stop()
+    return res
+
+
 # ---------------------------------------------------------------- the plan
 
 
@@ -556,6 +842,13 @@ class Scenario:
 FANOUT_COLS = ["events", "frames_s", "us_frame", "srv_cpu", "srv_sys", "cli_cpu", "p50", "p99", "max", "peak_mb", "other", "other1"]
 LAT_COLS = ["events", "rate", "frames_s", "us_frame", "srv_cpu", "cli_cpu", "p50", "p90", "p99", "p999", "max", "peak_mb", "other", "other1"]
 INGEST_COLS = ["events", "hooks_s", "us_hook", "srv_cpu", "srv_sys", "cli_cpu", "p50", "p99", "peak_mb", "other", "other1"]
+OB_THROUGHPUT_COLS = ["events", "deliveries", "dl_s", "us_dl", "dl_cpu", "srv_cpu", "srv_sys", "recv_cpu", "cli_cpu",
+                      "p50", "p99", "peak_mb", "repeats", "other", "other1"]
+OB_LAT_COLS = ["events", "rate", "deliveries", "us_dl", "srv_cpu", "recv_cpu", "p50", "p90", "p99", "p999", "max",
+               "late", "missing", "repeats", "other", "other1"]
+OB_BACKLOG_COLS = ["pending", "admin_pending", "build_s", "rss_mb", "b_pending", "p50_before", "p99_before",
+                   "late_before", "p50_with", "p99_with", "late_with", "us_before", "us_with", "missing", "peak_mb",
+                   "other", "other1"]
 CONNECT_COLS = ["connect_s", "connect_rate", "handshake_p99", "conn_kb", "peak_mb"]
 
 
@@ -563,7 +856,7 @@ def size_name(size: int) -> str:
     return f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
 
 
-def plan(args: argparse.Namespace, load: Path, tmp: Path) -> list[Scenario]:
+def plan(args: argparse.Namespace, load: Path, tmp: Path, recv: Path | None = None) -> list[Scenario]:
     quick = args.quick
     subs_list = args.subs or ([100, 1000] if quick else [1, 100, 1000, 10000])
     sizes = args.sizes or ([1024] if quick else [100, 1024, 16384])
@@ -723,6 +1016,31 @@ def plan(args: argparse.Namespace, load: Path, tmp: Path) -> list[Scenario]:
             "1000 msg/s, relay store sqlite (ratios against the baseline's in-memory list)",
             lambda kind: publish_scenario(tmp, kind, rate=1000, seconds=secs, engine="sqlite" if kind == "relay" else "memory"),
             PUBLISH_COLS, ["us_msg", "rt_p50", "rt_p99", "dl_p50", "dl_p99", "peak_mb"]))
+    if "outbound" in only:
+        group = "outbound webhooks: 1 KiB, 10 endpoints on the compiled receiver (core 1)"
+        count = 1_000 if quick else 4_000
+        for engine in ("memory", "sqlite"):
+            out.append(Scenario(
+                group, f"throughput: {count:,} webhooks x 10 endpoints, saturating, relay store {engine}",
+                lambda kind, engine=engine: outbound_throughput(load, recv, tmp, kind, engine=engine, count=count),
+                OB_THROUGHPUT_COLS, ["dl_s", "us_dl", "dl_cpu"]))
+        secs = 2 if quick else 5
+        for name, blackhole in (("1,000/s over 10 endpoints (run 1)", False),
+                                ("1,000/s over 10 endpoints (run 2: the noise)", False),
+                                ("1,000/s over 10 endpoints, e9 a black hole", True)):
+            if quick and "run 2" in name:
+                continue
+            out.append(Scenario(
+                group + "; latency POST sent -> endpoint read, over e0..e8", name,
+                lambda kind, blackhole=blackhole: outbound_latency(load, recv, tmp, kind, seconds=secs,
+                                                                   blackhole=blackhole),
+                OB_LAT_COLS, ["us_dl", "p50", "p99", "max"]))
+        endpoints, events = (10, 1_000) if quick else (100, 1_000)
+        out.append(Scenario(
+            group + "; a backlog of deliveries waiting on retries (503, Retry-After: 3600)",
+            f"{endpoints} more endpoints x {events:,} webhooks = {endpoints * events:,} pending",
+            lambda kind: outbound_backlog(load, recv, tmp, kind, endpoints=endpoints, events=events, seconds=secs),
+            OB_BACKLOG_COLS, ["b_pending", "p99_before", "p99_with", "us_with"]))
     if "connect" in only:
         n = 10000
         out.append(Scenario(
@@ -747,20 +1065,27 @@ HEAD = {
     "connect_s": "connect s", "connect_rate": "conn/s", "handshake_p99": "handshake p99 ms",
     "conn_kb": "KB/conn", "behind": "behind", "other": "other on core 0", "other1": "other on core 1", "stalled": "the stalled one got",
     "redis_cpu": "redis CPU", "us_frame_all": "srv+redis us/frame", "us_hook_all": "srv+redis us/hook", "tls": "TLS",
+    "deliveries": "deliveries", "dl_s": "deliveries/s", "us_dl": "srv us/delivery", "dl_cpu": "deliveries per CPU-s",
+    "recv_cpu": "receiver CPU", "repeats": "repeats", "late": "late (>10 ms)", "missing": "missing",
+    "pending": "pending", "admin_pending": "pending (relay's API)", "build_s": "built in s",
+    "rss_mb": "RSS growth MB", "b_pending": "bytes/pending", "p50_before": "p50 ms before",
+    "p99_before": "p99 ms before", "late_before": "late before", "p50_with": "p50 ms with backlog",
+    "p99_with": "p99 ms with backlog", "late_with": "late with backlog", "us_before": "us/delivery before",
+    "us_with": "us/delivery with backlog",
     **PUBLISH_HEAD,
 }
 
-GROUPS = ("fanout", "latency", "stall", "ingest", "connect", "sse", "tls", "redis", "publish")
+GROUPS = ("fanout", "latency", "stall", "ingest", "connect", "sse", "tls", "redis", "outbound", "publish")
 
 
 def fmt(key: str, v: Any) -> str:
     if v is None:
         return "-"
-    if key in ("srv_cpu", "cli_cpu", "srv_sys", "other", "other1", "redis_cpu"):
+    if key in ("srv_cpu", "cli_cpu", "srv_sys", "other", "other1", "redis_cpu", "recv_cpu"):
         return f"{v * 100:.0f}%"
-    if key in ("events",):
+    if key in ("events", "deliveries", "pending", "admin_pending"):
         return f"{v:,}"
-    if key in ("frames_s", "hooks_s", "rate", "connect_rate"):
+    if key in ("frames_s", "hooks_s", "rate", "connect_rate", "dl_s", "dl_cpu", "b_pending"):
         return f"{v:,.0f}"
     if key in ("peak_mb", "conn_kb"):
         return f"{v:,.1f}"
@@ -800,6 +1125,45 @@ def render(scenarios: list[Scenario]) -> str:
         lines += ["", "Incomplete or failed runs:"]
         for sc, kind, r in failures:
             lines.append(f"- {sc.name} ({kind}): {r.error.strip().splitlines()[0] if r.error else '?'}")
+    return "\n".join(lines)
+
+
+def outbound_targets(scenarios: list[Scenario]) -> str:
+    """Issue 14's targets, from this run's outbound rows."""
+    def get(name: str, kind: str, key: str) -> Any:
+        for sc in scenarios:
+            if sc.group.startswith("outbound") and name in sc.name and kind in sc.results:
+                return sc.results[kind].values.get(key)
+        return None
+
+    lines = ["", "Outbound targets (this run):"]
+    rel, base = get("relay store memory", "relay", "dl_cpu"), get("relay store memory", "baseline", "dl_cpu")
+    if rel and base:
+        lines.append(f"- deliveries per CPU-second, memory store: relay {rel:,.0f}, baseline {base:,.0f}: "
+                     f"{rel / base:.2f}x (target >= 1.5x: {'met' if rel / base >= 1.5 else 'MISSED'})")
+    mem, sql = get("relay store memory", "relay", "us_dl"), get("relay store sqlite", "relay", "us_dl")
+    if mem and sql:
+        lines.append(f"- CPU per delivery, sqlite store against memory: {sql:.1f} / {mem:.1f} us = {sql / mem:.2f}x "
+                     f"(target <= 1.30x: {'met' if sql / mem <= 1.3 else 'MISSED'})")
+    for kind in ("relay", "baseline"):
+        p1, p2 = get("(run 1)", kind, "p99"), get("(run 2", kind, "p99")
+        hole = get("black hole", kind, "p99")
+        if p1 is not None:
+            lines.append(f"- {kind}: p99 at 1,000/s over 10 endpoints, e0..e8: {p1:.3f} ms"
+                         + (f" (target < 10 ms: {'met' if p1 < 10 else 'MISSED'})" if kind == "relay" else ""))
+        if p1 is not None and p2 is not None and hole is not None:
+            noise = abs(p1 - p2)
+            move = hole - (p1 + p2) / 2
+            late, missing = get("black hole", kind, "late"), get("black hole", kind, "missing")
+            lines.append(f"  with e9 a black hole: {hole:.3f} ms, {move:+.3f} ms from the mean of two runs without; "
+                         f"run-to-run noise {noise:.3f} ms ({'within' if abs(move) <= noise else 'OUTSIDE'} it); "
+                         f"the nine's deliveries later than 10 ms: {late}, missing: {missing}")
+        bp = get("pending", kind, "b_pending")
+        if bp is not None:
+            lines.append(f"- {kind}: {get('pending', kind, 'pending'):,} deliveries pending retries: "
+                         f"{bp:,.0f} bytes each (RSS growth); p99 of the 10 healthy endpoints "
+                         f"{get('pending', kind, 'p99_before'):.3f} ms before, "
+                         f"{get('pending', kind, 'p99_with'):.3f} ms with the backlog")
     return "\n".join(lines)
 
 
@@ -853,7 +1217,7 @@ def stall_pairs(load: Path, tmp: Path, kinds: list[str], pairs: int, secs: int =
 def main(argv: list[str] | None = None) -> int:
     global REDIS_URL
     parser = argparse.ArgumentParser(description="Benchmark the relay against an aiohttp baseline.")
-    parser.add_argument("--quick", action="store_true", help="a short pass (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a short pass (about 2 minutes)")
     parser.add_argument("--only", help="comma-separated: " + ",".join(GROUPS))
     parser.add_argument("--subs", type=lambda s: [int(x) for x in s.split(",")], help="subscriber counts")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="event body sizes, bytes")
@@ -885,11 +1249,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmarks: building the load client failed (it needs OpenSSL's headers and "
                   f"-lssl -lcrypto):\n{build.stderr[-2000:]}", file=sys.stderr)
             return 2
+        recv = tmp / "receiver"
+        build = subprocess.run(["gcc", "-O2", "-o", str(recv), str(HERE / "receiver.c")], capture_output=True, text=True)
+        if build.returncode != 0:
+            print(f"benchmarks: building the receiver failed:\n{build.stderr[-2000:]}", file=sys.stderr)
+            return 2
         if args.stall_pairs:
             print(f"# {machine()}; open files limit {nofile}", flush=True)
             stall_pairs(load, tmp, args.servers.split(","), args.stall_pairs)
             return 0
-        scenarios = plan(args, load, tmp)
+        scenarios = plan(args, load, tmp, recv)
         kinds = set(args.servers.split(","))
         started = time.monotonic()
         print(f"# {machine()}; open files limit {nofile}", flush=True)
@@ -906,6 +1275,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{sc.name:<45} {kind:<8} {time.monotonic() - t:5.1f}s {status} {shown}",
                       file=sys.stderr, flush=True)
         print(render(scenarios))
+        if any(sc.group.startswith("outbound") for sc in scenarios):
+            print(outbound_targets(scenarios))
         print(f"\n(total {time.monotonic() - started:.0f} s)")
         if args.json:
             args.json.write_text(json.dumps(

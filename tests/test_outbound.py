@@ -83,6 +83,59 @@ async def test_each_matching_event_is_posted_once_signed_and_byte_for_byte(http)
     assert charge.headers["content-type"] == "application/json"
 
 
+async def test_an_event_just_after_another_is_posted_without_waiting_for_a_batch_window(autojump_clock):
+    """The relay looks for new events in windows of a couple of
+    milliseconds (so a burst costs one look), not of tens: an event
+    published while the previous one is being delivered reaches its
+    endpoint a few milliseconds after its acknowledgement (trio's virtual
+    clock: the same every run)."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=100) as http:
+        receiver = await nursery.start(Receiver().serve)
+        async with running_relay(relay_config(endpoint("billing", receiver.url))) as relay:
+            await post(http, relay, "pay", {"type": "charge", "n": 1})
+            await receiver.until(1)
+            acknowledged = trio.current_time()
+            await post(http, relay, "pay", {"type": "charge", "n": 2})
+            second = (await receiver.until(2))[1]
+        nursery.cancel_scope.cancel()
+    assert second.at - acknowledged < 0.01
+
+
+async def test_a_webhook_is_read_from_the_log_for_the_endpoints_that_take_it_not_for_every_endpoint(http):
+    """With many endpoints on other channels (here 40, idle), each webhook
+    costs log reads for the endpoints whose channels take it, not one per
+    endpoint: the relay's work per event does not grow with endpoints that
+    have nothing to do with it. Every event still arrives, and an endpoint
+    added through the API, or changed to take the channel, gets the next."""
+    idle = "".join(endpoint(f"idle{i}", "http://127.0.0.1:9/", channels=f'["other{i}"]') for i in range(40))
+    async with trio.open_nursery() as nursery:
+        receiver = await nursery.start(Receiver().serve)
+        async with running_relay(relay_config(endpoint("billing", receiver.url) + idle)) as relay:
+            store = relay.app.store
+            reads: list[object] = []
+            read_page = store.read_page
+
+            async def counted(after, patterns, limit):
+                reads.append(patterns)
+                return await read_page(after, patterns, limit)
+
+            store.read_page = counted
+            await trio.sleep(0.1)  # the first look at start, for every endpoint
+            reads.clear()
+            for n in range(10):
+                await post(http, relay, "pay", {"type": "charge", "n": n})
+                await receiver.until(n + 1)
+            assert len(reads) <= 2 * 10, len(reads)  # not 41 a webhook
+            assert all(patterns == ["pay.*"] for patterns in reads)
+            r = await http.post(f"{relay.base}/admin/endpoints",
+                                json={"url": receiver.url.replace("/hook", "/new"), "channels": ["pay.*"]})
+            assert r.status_code == 201, r.text
+            last = await post(http, relay, "pay", {"type": "charge", "n": 10})
+            got = await receiver.until(12)
+        nursery.cancel_scope.cancel()
+    assert sorted(g.target for g in got if g.headers["webhook-id"] == last) == ["/hook", "/new"]
+
+
 async def test_a_failed_attempt_is_retried_with_the_same_id_and_a_fresh_signature(http):
     answers = iter([Reply(500, body=b"boom"), Reply(503, [("retry-after", "0")]), Reply(200)])
     async with trio.open_nursery() as nursery:

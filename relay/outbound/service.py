@@ -54,6 +54,10 @@ log = logging.getLogger("relay.outbound")
 WINDOW = 1000
 # Seconds between persisting batches of verdicts, at most.
 FLUSH_EVERY = 0.05
+# Seconds between looks at the log for new events, at least: the looks
+# coalesce a burst of publishes, and bound what a delivery waits before it
+# is owed (a part of its latency, so small).
+PULL_EVERY = 0.002
 # A lease lasts this much longer than an attempt may take: half the timeout
 # again, and two seconds for the renewal's own round trip.
 LEASE_MARGIN = 2.0
@@ -87,6 +91,7 @@ class Live:
     events: dict[str, Event] = field(default_factory=dict)  # bodies of deliveries owed, when known
     failed: set[str] = field(default_factory=set)  # event ids whose delivery failed (kept, recoverable)
     leased: bool = True
+    behind: bool = True  # the log may hold events for it that it has not read (its window was full)
 
 
 class Outbound:
@@ -106,6 +111,12 @@ class Outbound:
         self._tie = itertools.count()
         self._wake = trio.lowlevel.ParkingLot()
         self._pull = trio.Event()
+        # What the next look reads: every endpoint, or those named here.
+        self._look_all = True
+        self._look_at: set[str] = set()
+        # Channel -> ids of the endpoints served here that take it; cleared
+        # whenever an endpoint is served, changed or dropped.
+        self._takers: dict[str, list[str]] = {}
         self._flush = trio.Event()
         self._put: dict[tuple[str, str], Row] = {}
         self._done: set[tuple[str, str]] = set()
@@ -137,7 +148,7 @@ class Outbound:
             if self.cluster:
                 nursery.start_soon(self._leases)
             task_status.started()
-            self._pull.set()
+            self._look()
 
     async def _load(self) -> None:
         stored, rows = await self.dlog.load()
@@ -183,13 +194,32 @@ class Outbound:
             else:
                 live.failed.add(row.event_id)
         self.live[endpoint.id] = live
+        self._takers.clear()
         self._schedule(live)
         return live
 
     # -- the hub's side ----------------------------------------------------------
 
     def published(self, events: Sequence[Event]) -> None:
-        """Events were stored (called by the hub, synchronously): look."""
+        """Events were stored (called by the hub, synchronously): the
+        endpoints that take their channels look at the log."""
+        takers = self._takers
+        if len(takers) > 10_000:
+            takers.clear()  # many channels: keep the cache bounded
+        for channel in {event.channel for event in events}:
+            ids = takers.get(channel)
+            if ids is None:
+                ids = takers[channel] = [i for i, live in self.live.items() if channel_matches(live.endpoint, channel)]
+            if ids:
+                self._look_at.update(ids)
+                self._pull.set()
+
+    def _look(self, endpoint_id: str | None = None) -> None:
+        """Have the puller read the log for one endpoint (None: for all)."""
+        if endpoint_id is None:
+            self._look_all = True
+        else:
+            self._look_at.add(endpoint_id)
         self._pull.set()
 
     # -- reading what endpoints owe -------------------------------------------------
@@ -198,22 +228,32 @@ class Outbound:
         while True:
             await self._pull.wait()
             self._pull = trio.Event()
-            for live in list(self.live.values()):
+            # Only the endpoints something happened to: with many endpoints,
+            # a webhook costs a read for those that take it, not for all.
+            if self._look_all:
+                wanted = list(self.live.values())
+            else:
+                wanted = [live for i in self._look_at if (live := self.live.get(i)) is not None]
+            self._look_all, self._look_at = False, set()
+            for n, live in enumerate(wanted):
                 if live.leased and live.plan.enabled:
                     try:
                         await self._read(live)
                     except StoreUnavailable as exc:
                         log.warning("outbound: cannot read the log for %s: %s", live.endpoint.id, exc.detail)
+                        for rest in wanted[n:]:
+                            self._look_at.add(rest.endpoint.id)
                         with trio.move_on_after(1.0):
                             await trio.sleep_forever()
                         self._pull.set()
                         break
-            await trio.sleep(FLUSH_EVERY)  # coalesce: one look per batch of publishes
+            await trio.sleep(PULL_EVERY)  # coalesce: one look per batch of publishes
 
     async def _read(self, live: Live) -> None:
         endpoint = live.endpoint
         room = WINDOW - len(live.plan) - len(live.plan.in_flight)
         if room <= 0:
+            live.behind = True  # read again when a delivery ends
             return
         page = await self.store.read_page(live.seen, endpoint.channels, room)
         if page.pruned > live.seen:
@@ -236,8 +276,10 @@ class Outbound:
             self._schedule(live)
         if not page.more:
             live.seen = max(live.seen, page.head)
+            live.behind = False
         else:
-            self._pull.set()
+            live.behind = True
+            self._look(endpoint.id)
 
     # -- attempts -------------------------------------------------------------------
 
@@ -341,8 +383,8 @@ class Outbound:
         if self.on_attempt is not None:
             self.on_attempt(endpoint.id, outcome, latency)
         self._schedule(live)
-        if verdict.kind != RETRY:
-            self._pull.set()  # room for more
+        if verdict.kind != RETRY and live.behind:
+            self._look(endpoint.id)  # room for more
 
     async def _send(self, endpoint: Endpoint, event: Event, attempt: int) -> client.Answer:
         now = self.now()
@@ -411,11 +453,13 @@ class Outbound:
                         # Changed through another relay's API: adopt it,
                         # keeping the delivery state this relay moves.
                         _adopt(live.endpoint, newer)
+                        self._takers.clear()  # its channels may have changed
                         live.plan.policy = self.settings.policy(live.endpoint)
                         if live.endpoint.enabled and not live.plan.enabled:
                             live.plan.enable()
                         elif not live.endpoint.enabled:
                             live.plan.enabled = False
+                        self._look(endpoint_id)
                     if newer is not None:
                         known[endpoint_id] = live.endpoint
                 self.known = known
@@ -425,15 +469,17 @@ class Outbound:
                 for endpoint_id in list(self.live):
                     if endpoint_id not in self.known:
                         self.live.pop(endpoint_id).leased = False
+                        self._takers.clear()
                 for endpoint in self.known.values():
                     held = await self.dlog.lease(endpoint.id, self.holder, ttl)
                     live = self.live.get(endpoint.id)
                     if held and live is None:
                         self._serve(endpoint, owed.get(endpoint.id, []))
-                        self._pull.set()
+                        self._look(endpoint.id)
                     elif not held and live is not None:
                         live.leased = False
                         del self.live[endpoint.id]
+                        self._takers.clear()
             except StoreUnavailable as exc:
                 log.warning("outbound: leases: %s", exc.detail)
             await trio.sleep(min(RELOAD_EVERY, ttl / 3))
@@ -455,7 +501,7 @@ class Outbound:
         self.known[endpoint.id] = endpoint
         if not self.cluster:
             self._serve(endpoint, [])
-            self._pull.set()
+            self._look(endpoint.id)
         return endpoint
 
     async def update(self, endpoint: Endpoint) -> None:
@@ -465,12 +511,13 @@ class Outbound:
         if live is not None:
             was = live.plan.enabled
             live.endpoint = endpoint
+            self._takers.clear()  # its channels may have changed
             live.plan.policy = self.settings.policy(endpoint)
             if endpoint.enabled and not was:
                 live.plan.enable()
-                self._pull.set()
             elif not endpoint.enabled:
                 live.plan.enabled = False
+            self._look(endpoint.id)
             self._schedule(live)
 
     async def delete(self, endpoint_id: str) -> None:
@@ -479,6 +526,7 @@ class Outbound:
         live = self.live.pop(endpoint_id, None)
         if live is not None:
             live.leased = False
+            self._takers.clear()
 
     async def recover(self, endpoint_id: str, since: str) -> int:
         """Every failed delivery after ``since`` waits for a first attempt
