@@ -237,12 +237,16 @@ class Bridge:
             log.debug(f"store: NATS client: {exc!r}")
 
         nc = nats.NATS()
-        # nats-py reconnects on its own once connected, forever; a first
-        # connection that fails is retried by the engine's tail.
-        await nc.connect(self.url, connect_timeout=connect_timeout, allow_reconnect=True, max_reconnect_attempts=-1,
+        # A first connection is tried once per server (the engine's tail
+        # tries again): with endless attempts nats-py's connect loops on,
+        # and a cancel that lands in its asyncio.wait_for can be swallowed
+        # (Python 3.11), leaving a task that never ends. Once connected,
+        # nats-py reconnects on its own, forever.
+        await nc.connect(self.url, connect_timeout=connect_timeout, allow_reconnect=True, max_reconnect_attempts=1,
                          reconnect_time_wait=0.25, ping_interval=5, max_outstanding_pings=2,
                          disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
                          name="relay")
+        nc.options["max_reconnect_attempts"] = -1
         self.nc = nc
         self.js = nc.jetstream(timeout=self.timeout)
 
@@ -260,7 +264,12 @@ class Bridge:
             await tail.close()
         if self.nc is not None:
             nc, self.nc = self.nc, None
-            await nc.close()
+            # Not wait_for: it waits for a cancelled close to end, which a
+            # swallowed cancel never does.
+            closing = asyncio.ensure_future(nc.close())
+            await asyncio.wait({closing}, timeout=self.timeout)
+            if not closing.done():
+                closing.cancel()
         me = asyncio.current_task()
         left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
         if left:
