@@ -29,13 +29,17 @@ def answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-@pytest.fixture
-def shared_nats() -> str:
+def need_shared_nats() -> str:
     if not answers(*SHARED):
         if NATS_SERVER is None:
             pytest.skip("no NATS answers on 127.0.0.1:4222 and there is no nats-server binary to start one")
         pytest.fail("NATS is not answering on 127.0.0.1:4222 (nats-server exists: start it with -js, or run .ci/run)")
     return "nats://127.0.0.1:4222"
+
+
+@pytest.fixture
+def shared_nats() -> str:
+    return need_shared_nats()
 
 
 async def delete_stream(url: str, prefix: str) -> None:
@@ -107,6 +111,8 @@ class NatsServer:
             self.proc.send_signal(sig)
             self.proc.wait(10)
         self.proc = None
+
+    kill = stop
 
 
 @pytest.fixture

@@ -130,7 +130,8 @@ class Client:
         for _, got in self.sessions:
             everything.update(got)
         first_since = self.sessions[0][0]
-        assert everything >= set(self.log.after(first_since)), f"{self.name} never got some events"
+        missing = sorted(set(self.log.after(first_since)) - everything, key=order)
+        assert not missing, f"{self.name} never got some events: {missing[:10]} of {len(missing)}; sessions {[(s, g[:2], g[-2:]) for s, g in self.sessions][:12]}"
 
 
 def first_difference(got: list[str], expected: list[str]) -> str:
@@ -183,9 +184,15 @@ async def run_load(daemon_base: str, ws_base: str) -> tuple[Log, list[Client]]:
     return log, clients
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+@pytest.mark.parametrize("engine", ["sqlite", "redis", "nats"])
 async def test_clients_resuming_in_a_loop_under_ingest_get_exactly_the_log(engine, daemon, tmp_path):
-    if engine == "redis":
+    if engine == "nats":
+        import natsserver
+
+        natsserver.need_shared_nats()
+        prefix = f"relaytest_{secrets.token_hex(6)}:"
+        store = natsserver.nats_store("nats://127.0.0.1:4222", prefix)
+    elif engine == "redis":
         from test_cluster import SHARED, answers
 
         if not answers(*SHARED):
@@ -198,6 +205,8 @@ async def test_clients_resuming_in_a_loop_under_ingest_get_exactly_the_log(engin
     try:
         log, clients = await run_load(relay.base, relay.ws_base)
     finally:
+        if engine == "nats":
+            await natsserver.delete_stream("nats://127.0.0.1:4222", prefix)
         if engine == "redis":
             from test_cluster import delete_keys
 

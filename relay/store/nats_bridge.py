@@ -195,6 +195,10 @@ class Bridge:
         self._last_taken = 0
         self._publishing: set[asyncio.Future] = set()  # batches waiting for their acks
         self._dropped: set[asyncio.Future] = set()  # of those, the ones a lost connection ended
+        self._acks = None  # the subscription acks come to
+        self._inbox = ""
+        self._token = 0
+        self._waiting: dict[str, asyncio.Future] = {}  # acks awaited, by their reply token
 
     @property
     def connected(self) -> bool:
@@ -326,12 +330,34 @@ class Bridge:
             # Not buffered for a reconnect: a webhook refused now must not
             # be stored later behind the sender's back.
             raise Unavailable("not connected")
-        js = self.js
-        waiting = asyncio.gather(*[js.publish(self.subject, payload, headers=headers)
-                                   for headers, payload in messages])
+        nc = self.nc
+        assert nc is not None
+        if self._acks is None:
+            # One subscription for every ack: a publish's reply subject is
+            # this inbox and its number (what nats-py's request does, less a
+            # task and a timer per message).
+            self._inbox = nc.new_inbox()
+            self._acks = await nc.subscribe(self._inbox + ".*", cb=self._ack)
+        loop = asyncio.get_running_loop()
+        futures = []
+        tokens = []
+        try:
+            for headers, payload in messages:
+                self._token += 1
+                token = str(self._token)
+                future = loop.create_future()
+                self._waiting[token] = future
+                futures.append(future)
+                tokens.append(token)
+                await nc.publish(self.subject, payload, reply=f"{self._inbox}.{token}", headers=headers)
+        except BaseException:
+            for token in tokens:
+                self._waiting.pop(token, None)
+            raise
+        waiting = asyncio.gather(*futures)
         self._publishing.add(waiting)
         try:
-            acks = await waiting
+            replies = await asyncio.wait_for(waiting, self.timeout)
         except asyncio.CancelledError:
             if waiting in self._dropped:
                 raise Unavailable("the connection to NATS was lost") from None
@@ -339,7 +365,23 @@ class Bridge:
         finally:
             self._publishing.discard(waiting)
             self._dropped.discard(waiting)
-        return [Stored(ack.seq, bool(ack.duplicate)) for ack in acks]
+            for token in tokens:
+                self._waiting.pop(token, None)
+        out = []
+        for reply in replies:
+            if not reply:  # no stream answered: "503 No Responders"
+                raise Unavailable(f"no stream takes {self.subject}")
+            ack = json.loads(reply)
+            if "error" in ack:
+                raise Unavailable(f"JetStream refused the message: {ack['error'].get('description', ack['error'])}")
+            out.append(Stored(ack["seq"], bool(ack.get("duplicate"))))
+        return out
+
+    async def _ack(self, msg) -> None:  # type: ignore[no-untyped-def]
+        future = self._waiting.pop(msg.subject.rpartition(".")[2], None)
+        if future is not None and not future.done():
+            # A "no responders" status comes with no data: b"" says so.
+            future.set_result(msg.data if not (msg.headers and msg.headers.get("Status") == "503") else b"")
 
     async def channel_of(self, seq: int) -> str | None:
         """The channel of the stored message ``seq`` (None if it is gone)."""
