@@ -70,7 +70,11 @@ class Client:
             if self.rng.random() < 0.3 and self.log.ids:
                 # A client that lost its place comes back from further behind.
                 known = self.log.sorted()
-                since = known[max(0, len(known) - REWIND)] if len(known) > REWIND else ""
+                back = known[max(0, len(known) - REWIND)] if len(known) > REWIND else ""
+                # Behind, never ahead of where it was: a slow client may be
+                # more than REWIND events behind the newest already.
+                if back == "" or not self.last or order(back) < order(self.last):
+                    since = back
             await self.session(http, since, self.rng.uniform(0.05, 0.6))
         # Catch up to the end of the log once ingest has stopped.
         if self.last != self.log.sorted()[-1]:
