@@ -57,10 +57,12 @@ async def delete_stream(url: str, prefix: str) -> None:
             await bridge.connect(2.0)
 
             async def drop() -> None:
-                try:
-                    await bridge.js.delete_stream(stream)
-                except Exception:  # noqa: BLE001 (absent already)
-                    pass
+                base = stream.removesuffix("_log")
+                for name in (stream, f"{base}_ob", f"{base}_ob_att"):  # the log, outbound state
+                    try:
+                        await bridge.js.delete_stream(name)
+                    except Exception:  # noqa: BLE001 (absent already)
+                        pass
 
             await loop.run_aio_coroutine(drop())
         finally:

@@ -288,6 +288,46 @@ def test_a_relay_on_nats_stops_cleanly_with_nothing_on_stderr_but_its_own_lines(
         assert bad not in err, err
 
 
+async def test_outbound_delivery_state_is_kept_in_jetstream_and_shared(shared_nats, nats_prefix):
+    from relay.core.endpoints import FAILED, Attempt, Endpoint, Row
+
+    def endpoint(eid, cursor=""):
+        return Endpoint(id=eid, url="https://example.com/hook", channels=["demo"], secrets=[], cursor=cursor)
+
+    def attempt(eid, n, status):
+        return Attempt(endpoint=eid, event_id=str(n), attempt=1, at=1000.0 + n, status=status, error=None,
+                       duration_ms=1.0)
+
+    async with opened(shared_nats, nats_prefix) as a, opened(shared_nats, nats_prefix) as b:
+        assert await a.deliveries.load() == ([], [])
+        await a.deliveries.save_endpoint(endpoint("app.v1"))
+        await a.deliveries.save_endpoint(endpoint("app"))
+        await a.deliveries.take(endpoint("app.v1", cursor="3"),
+                                [Row("app.v1", str(n), 1, 0.0) for n in (1, 2, 3)])
+        await a.deliveries.apply([Row("app.v1", "2", 2, 5.0, FAILED)], [("app.v1", "1")],
+                                 [attempt("app.v1", n, 500 if n % 2 else 200) for n in range(5)], [])
+        endpoints, rows = await b.deliveries.load()  # another relay sees it all
+        assert {e.id: e.cursor for e in endpoints} == {"app.v1": "3", "app": ""}
+        assert sorted((r.event_id, r.attempt, r.state) for r in rows) == [("2", 2, FAILED), ("3", 1, "pending")]
+        assert [x.event_id for x in await b.deliveries.attempts("app.v1", False, 3, None)] == ["4", "3", "2"]
+        assert [x.event_id for x in await b.deliveries.attempts("app.v1", True, 10, None)] == ["3", "1"]
+        assert await b.deliveries.attempts("app", False, 10, None) == []
+        # One holder at a time; released, or expired, another takes it.
+        assert await a.deliveries.lease("app", "relay-a", 30.0)
+        assert not await b.deliveries.lease("app", "relay-b", 30.0)
+        assert await a.deliveries.lease("app", "relay-a", 30.0)  # renewed
+        await a.deliveries.release("app", "relay-a")
+        assert await b.deliveries.lease("app", "relay-b", 0.2)
+        await trio.sleep(0.3)
+        assert await a.deliveries.lease("app", "relay-a", 30.0)
+        await b.deliveries.delete_endpoint("app.v1")
+        # A verdict about a deleted endpoint does not bring it back.
+        await a.deliveries.apply([], [], [], [endpoint("app.v1", cursor="9")])
+        endpoints, rows = await a.deliveries.load()
+        assert [e.id for e in endpoints] == ["app"] and rows == []
+        assert await a.deliveries.attempts("app.v1", False, 10, None) == []
+
+
 def test_relay_check_on_a_nats_config_loads_neither_nats_nor_trio(tmp_path):
     path = tmp_path / "relay.toml"
     path.write_text(config_text(store='engine = "nats"\nprefix = "x:"'))

@@ -342,9 +342,6 @@ def _check_endpoints(outbound: OutboundConfig, endpoints: dict[str, EndpointConf
         except ValueError as exc:
             problems.append((f"outbound.allow_private[{i}]", str(exc)))
     found: dict[str, str] = {}
-    if endpoints and store.engine == "nats":
-        problems.append(("endpoints", 'outbound webhooks are not available with store.engine = "nats" yet '
-                                      '(use sqlite or redis for them)'))
     for name, endpoint in endpoints.items():
         key = f"endpoints.{name}"
         why = addresses.url_problem(endpoint.url, outbound.https_only, allow)

@@ -55,11 +55,11 @@ from ..config.files import redacted
 from ..config.model import StoreConfig
 from ..core.channels import selects
 from ..core.envelope import Draft, Event
-from ..core.errors import RelayError, StoreUnavailable
+from ..core.errors import StoreUnavailable
 from ..core.outbox import Page
 from .base import Appended, Store, parse_seq
 from .commit import GroupCommit
-from .deliveries import DeliveryLog
+from .nats_deliveries import NatsDeliveryLog
 from .nats_bridge import CHANNEL, MSG_ID, TS, Bridge, Found, State, Unavailable, stream_config
 from .redis_ids import chunks, envelope_rest, join_envelope
 
@@ -90,7 +90,7 @@ class NatsStore(Store):
         self.publish = publish
         self.stream, self.subject = names(config.prefix)
         self.where = redacted(config.url)
-        self.deliveries = _NoDeliveries()
+        self.deliveries = NatsDeliveryLog(lambda: self._bridge, self.stream.removesuffix("_log"), self.where)
         self._bridge: Bridge | None = None
         self._queue = GroupCommit()
         self._running = False
@@ -333,26 +333,3 @@ class NatsStore(Store):
         self._poke.set()
         return self._tail_ok and not bridge.broken
 
-
-class NotOnThisEngine(RelayError):
-    status = 501
-    code = "not_implemented"
-
-
-class _NoDeliveries(DeliveryLog):
-    """Outbound delivery state is not kept on this engine yet: no endpoint
-    exists (the config refuses ``[endpoints]`` with it), and one cannot be
-    made through the API."""
-
-    async def load(self):  # type: ignore[no-untyped-def]
-        await trio.lowlevel.checkpoint()
-        return [], []
-
-    async def _refuse(self, *args: object, **kw: object) -> None:
-        raise NotOnThisEngine('outbound webhooks are not available with store.engine = "nats" yet')
-
-    save_endpoint = delete_endpoint = take = apply = _refuse  # type: ignore[assignment]
-
-    async def attempts(self, endpoint_id, failed_only, limit, before):  # type: ignore[no-untyped-def]
-        await self._refuse()
-        return []

@@ -321,11 +321,14 @@ class Bridge:
 
     # -- writes ------------------------------------------------------------
 
-    async def publish(self, messages: Sequence[tuple[dict[str, str], bytes]]) -> list[Stored]:
-        """Each message stored, in order; returns once JetStream acked them all."""
-        return await self._call(self._aio_publish(messages))  # type: ignore[return-value]
+    async def publish(self, messages: Sequence[tuple[dict[str, str], bytes]],
+                      subjects: Sequence[str] | None = None) -> list[Stored]:
+        """Each message stored, in order (on the log's subject, or each on its
+        own of ``subjects``); returns once JetStream acked them all."""
+        return await self._call(self._aio_publish(messages, subjects))  # type: ignore[return-value]
 
-    async def _aio_publish(self, messages: Sequence[tuple[dict[str, str], bytes]]) -> list[Stored]:
+    async def _aio_publish(self, messages: Sequence[tuple[dict[str, str], bytes]],
+                           subjects: Sequence[str] | None = None, refused_ok: bool = False) -> list[Stored]:
         if not self.connected or self.js is None:
             # Not buffered for a reconnect: a webhook refused now must not
             # be stored later behind the sender's back.
@@ -342,14 +345,15 @@ class Bridge:
         futures = []
         tokens = []
         try:
-            for headers, payload in messages:
+            for i, (headers, payload) in enumerate(messages):
                 self._token += 1
                 token = str(self._token)
                 future = loop.create_future()
                 self._waiting[token] = future
                 futures.append(future)
                 tokens.append(token)
-                await nc.publish(self.subject, payload, reply=f"{self._inbox}.{token}", headers=headers)
+                await nc.publish(subjects[i] if subjects else self.subject, payload, reply=f"{self._inbox}.{token}",
+                                 headers=headers)
         except BaseException:
             for token in tokens:
                 self._waiting.pop(token, None)
@@ -372,6 +376,9 @@ class Bridge:
             if not reply:  # no stream answered: "503 No Responders"
                 raise Unavailable(f"no stream takes {self.subject}")
             ack = json.loads(reply)
+            if "error" in ack and refused_ok:
+                out.append(Stored(0, False))  # refused (a compare-and-set that lost)
+                continue
             if "error" in ack:
                 raise Unavailable(f"JetStream refused the message: {ack['error'].get('description', ack['error'])}")
             out.append(Stored(ack["seq"], bool(ack.get("duplicate"))))
@@ -471,6 +478,104 @@ class Bridge:
                 out.append(found)
                 self._last_taken = found.seq
         return out
+
+
+    # -- keyed records (outbound delivery state) ---------------------------
+    #
+    # A stream whose subjects are keys, keeping the newest ``per_subject``
+    # messages of each: a record is the newest message on its subject, and
+    # removing one purges its subject.
+
+    async def ensure_keyed(self, name: str, subjects: str, per_subject: int) -> None:
+        await self._call(self._aio_ensure_keyed(name, subjects, per_subject))
+
+    async def _aio_ensure_keyed(self, name: str, subjects: str, per_subject: int) -> None:
+        if not self.connected or self.js is None:
+            raise Unavailable("not connected")
+        try:
+            await self.js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(StreamConfig(
+                name=name, subjects=[subjects], storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
+                discard=DiscardPolicy.OLD, max_msgs_per_subject=per_subject, num_replicas=1))
+
+    async def scan(self, name: str, subjects: str, last_only: bool) -> list[tuple[str, int, bytes]]:
+        """(subject, sequence, data) of the messages on ``subjects`` (the
+        newest of each subject only, with ``last_only``), oldest first."""
+        return await self._call(self._aio_scan(name, subjects, last_only))  # type: ignore[return-value]
+
+    async def _aio_scan(self, name: str, subjects: str, last_only: bool) -> list[tuple[str, int, bytes]]:
+        if not self.connected or self.js is None:
+            raise Unavailable("not connected")
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE, mem_storage=True, num_replicas=1, inactive_threshold=_GRACE,
+            filter_subject=subjects,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if last_only else DeliverPolicy.ALL)
+        info = await self.js._jsm.add_consumer(name, config=config, timeout=self.timeout)
+        pending = info.num_pending
+        out: list[tuple[str, int, bytes]] = []
+        if pending:
+            pull = _Pull(self, 0, tail=False)
+            pull.name = info.name
+            pull.inbox = self.nc.new_inbox()
+            pull.sub = await self.nc.subscribe(pull.inbox, cb=pull._arrive)
+            try:
+                while len(out) < pending:
+                    await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{name}.{info.name}",
+                                          json.dumps({"batch": min(_BATCH, pending - len(out)),
+                                                      "no_wait": True}).encode(), reply=pull.inbox)
+                    pull.outstanding = min(_BATCH, pending - len(out))
+                    pull.deadline = time.monotonic() + _GRACE
+                    got = 0
+                    while pull.outstanding > 0:
+                        for msg in await pull.collect():
+                            got += 1
+                            out.append((msg.subject, int(msg.reply.split(".")[-4]), msg.data))
+                    if got == 0:
+                        break
+            finally:
+                if pull.sub is not None:
+                    await pull.sub.unsubscribe()
+        try:
+            await self.js.delete_consumer(name, info.name)
+        except (nats.errors.Error, asyncio.TimeoutError):
+            pass
+        return out
+
+    async def put(self, subjects: Sequence[str], values: Sequence[bytes]) -> None:
+        await self._call(self._aio_publish([({}, v) for v in values], subjects))
+
+    async def purge(self, name: str, subjects: Sequence[str]) -> None:
+        await self._call(self._aio_purge(name, subjects))
+
+    async def _aio_purge(self, name: str, subjects: Sequence[str]) -> None:
+        if not self.connected or self.js is None:
+            raise Unavailable("not connected")
+        js = self.js
+        await asyncio.gather(*[js.purge_stream(name, subject=subject) for subject in subjects])
+
+    async def last(self, name: str, subject: str) -> tuple[int, bytes] | None:
+        """(sequence, data) of the newest message on ``subject``, or None."""
+        return await self._call(self._aio_last(name, subject))  # type: ignore[return-value]
+
+    async def _aio_last(self, name: str, subject: str) -> tuple[int, bytes] | None:
+        if not self.connected or self.js is None:
+            raise Unavailable("not connected")
+        try:
+            msg = await self.js.get_msg(name, subject=subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        return msg.seq, msg.data or b""
+
+    async def swap(self, subject: str, value: bytes, expected: int) -> bool:
+        """Store ``value`` on ``subject`` if its newest message is still
+        ``expected`` (0: none): JetStream checks it with the write."""
+        return await self._call(self._aio_swap(subject, value, expected))  # type: ignore[return-value]
+
+    async def _aio_swap(self, subject: str, value: bytes, expected: int) -> bool:
+        stored = await self._aio_publish([({"Nats-Expected-Last-Subject-Sequence": str(expected)}, value)],
+                                         [subject], refused_ok=True)
+        return stored[0].seq != 0
 
 
 def stream_config(stream: str, subject: str, retention: int, retention_age: float) -> StreamConfig:
