@@ -292,7 +292,10 @@ class Bridge:
         return await self._call(self._aio_ensure(config, known))  # type: ignore[return-value]
 
     async def _aio_ensure(self, config: StreamConfig, known: int) -> State:
-        assert self.js is not None
+        if not self.connected or self.js is None:
+            # Reconnecting: fail now (the engine waits for the reconnect)
+            # rather than let nats-py hold the request until its timeout.
+            raise Unavailable("not connected")
         try:
             info = await self.js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
