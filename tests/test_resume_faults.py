@@ -19,8 +19,7 @@ import rawws
 from conftest import config_text, running_relay, until
 from relay.core.errors import StoreUnavailable
 from relay.core.outbox import CONTROL_LIMIT
-from test_cluster import (Listener, cluster, own_redis, post, prefix, ready, redis_store, relays,  # noqa: F401
-                          shared_redis)
+from test_cluster import Listener, cluster, own_redis, post, ready, redis_store, relays  # noqa: F401
 
 
 async def next_json(ws, timeout=10):
