@@ -355,3 +355,18 @@ def test_the_nats_url_defaults_to_the_local_server():
     assert parse(config_text(store='engine = "nats"\nurl = "nats://a:1,nats://b:2"'), env={}).store.url == (
         "nats://a:1,nats://b:2")
     assert parse(config_text(store='engine = "redis"'), env={}).store.url == "redis://127.0.0.1:6379/0"
+
+
+def test_asyncio_and_nats_py_are_imported_by_the_bridge_alone():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "relay"
+    found = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n.split(".")[0] in ("asyncio", "nats") for n in names):
+                found.add(str(path.relative_to(root)))
+    assert found == {"store/nats_bridge.py"}
