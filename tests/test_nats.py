@@ -251,7 +251,8 @@ async def test_cancelling_a_call_crosses_the_bridge_and_the_store_goes_on(shared
         assert a.event.id == "1"
 
 
-async def test_shutdown_leaves_no_asyncio_task_and_no_warning(shared_nats, nats_prefix):
+async def test_shutdown_leaves_no_asyncio_task_and_no_warning(shared_nats, nats_prefix, caplog):
+    caplog.set_level("DEBUG", logger="relay.store")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         async with opened(shared_nats, nats_prefix) as store:
@@ -260,6 +261,9 @@ async def test_shutdown_leaves_no_asyncio_task_and_no_warning(shared_nats, nats_
             bridge = store._bridge
         assert store._bridge is None and bridge.nc is None
     assert [str(w.message) for w in caught] == []
+    # The bridge checks, once the connection is closed, that no asyncio task
+    # of nats-py's is left, and says so at WARNING if one is.
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
 
 
 def test_a_relay_on_nats_stops_cleanly_with_nothing_on_stderr_but_its_own_lines(tmp_path, shared_nats):
