@@ -142,6 +142,7 @@ def relays(tmp_path):
             out.append(d.start())
         return out
 
+    make.started = started  # type: ignore[attr-defined]
     yield make
     for d in started:
         d.kill()
@@ -190,9 +191,11 @@ class Cluster:
 
 
 @pytest.fixture(params=["redis", "nats"])
-async def cluster(request, tmp_path):
+async def cluster(request, tmp_path, relays):
     engine = Cluster(request.param, tmp_path)
     yield engine
+    for d in relays.started:  # first: a running relay would make its stream again
+        d.kill()
     await engine.clean()
 
 

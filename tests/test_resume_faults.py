@@ -103,7 +103,7 @@ async def test_a_resume_while_the_engine_is_down_is_refused_before_the_upgrade(r
         assert (await next_json(ws))["type"] == "welcome"
     relay.signal(signal.SIGTERM)
     assert relay.wait() == 0
-    assert b"Traceback" not in relay.stderr
+    assert b"Traceback" not in relay.stderr, relay.stderr.decode()
 
 
 async def test_the_engine_back_without_its_data_gives_a_resume_from_before_the_loss_its_gap(relays, http,

@@ -210,6 +210,7 @@ async def test_clients_resuming_in_a_loop_under_ingest_get_exactly_the_log(engin
         log, clients = await run_load(relay.base, relay.ws_base)
     finally:
         if engine == "nats":
+            relay.kill()  # first: a running relay would make its stream again
             await natsserver.delete_stream("nats://127.0.0.1:4222", prefix)
         if engine == "redis":
             from test_cluster import delete_keys

@@ -318,7 +318,9 @@ class NatsStore(Store):
 
     @property
     def readable(self) -> bool:
-        return self._running and self._tail_ok
+        bridge = self._bridge
+        return (self._running and self._tail_ok and bridge is not None and bridge.connected
+                and not bridge.broken)
 
     async def ping(self) -> bool:
         bridge = self._bridge

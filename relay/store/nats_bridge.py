@@ -274,11 +274,19 @@ class Bridge:
             await asyncio.wait({closing}, timeout=self.timeout)
             if not closing.done():
                 closing.cancel()
+            elif not closing.cancelled() and closing.exception() is not None:
+                # Closing while NATS is away: nats-py's close fails on the
+                # dead socket (ConnectionResetError) half way, before it
+                # ends its subscriptions' tasks. Ended below.
+                log.debug(f"store: closing the NATS connection: {closing.exception()!r}")
         me = asyncio.current_task()
         left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
         if left:
-            # nats-py cancels its tasks in close(); give them one turn to end.
-            await asyncio.sleep(0)
+            # nats-py's own tasks (a subscription's reader, its pinger),
+            # which a failed close left: cancel them and let them end.
+            for task in left:
+                task.cancel()
+            await asyncio.wait(left, timeout=1.0)
             left = [t for t in left if not t.done()]
         if left:
             log.warning(f"store: {len(left)} asyncio task(s) still running after closing NATS: {left!r}")
