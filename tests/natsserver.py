@@ -86,7 +86,8 @@ class NatsServer:
     """A private nats-server with JetStream, its file store under the test's
     directory, that a test may stop (kill -9 or SIGTERM) and start again."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: tuple[Path, Path] | None = None) -> None:
+        self.tls = tls  # (certificate, key): the server requires TLS
         if NATS_SERVER is None:
             pytest.skip("nats-server is not installed; the tests that stop NATS need their own")
         with socket.socket() as sock:
@@ -98,8 +99,9 @@ class NatsServer:
         self.url = f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        tls = ["--tls", "--tlscert", str(self.tls[0]), "--tlskey", str(self.tls[1])] if self.tls else []
         self.proc = subprocess.Popen(
-            [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.dir)],
+            [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.dir), *tls],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10

@@ -332,6 +332,42 @@ async def test_outbound_delivery_state_is_kept_in_jetstream_and_shared(shared_na
         assert await a.deliveries.attempts("app.v1", False, 10, None) == []
 
 
+async def test_a_nats_server_with_tls_is_verified_with_the_configured_ca(tmp_path, ca, tls_files):
+    from natsserver import NatsServer
+
+    server = NatsServer(tmp_path, tls=tls_files)
+    server.start()
+    ca_path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    try:
+        url = f"tls://127.0.0.1:{server.port}"
+        async with opened(url, "tls:", tls_ca=str(ca_path)) as store:
+            assert await store.ping()
+            (a,) = await store.append([draft()])
+            assert [e.id for e in await store.read(0, ["*"], 10)] == [a.event.id]
+        # Without the CA the server's certificate is not trusted: not ready.
+        async with opened(url, "tls:") as store:
+            assert not await store.ping()
+            with pytest.raises(StoreUnavailable):
+                await store.append([draft()])
+    finally:
+        server.stop()
+
+
+def test_relay_check_names_a_tls_ca_it_cannot_use(tmp_path):
+    from relay.config.load import parse
+    from relay.core.errors import ConfigError
+
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    for store, why in ((f'engine = "nats"\ntls_ca = "{tmp_path}/none.pem"', "file not found"),
+                       (f'engine = "nats"\ntls_ca = "{bad}"', "not a PEM file"),
+                       (f'engine = "redis"\ntls_ca = "{bad}"', "only the nats engine")):
+        with pytest.raises(ConfigError) as caught:
+            parse(config_text(store=store), env={})
+        assert [(k, why in m) for k, m in caught.value.problems] == [("store.tls_ca", True)]
+
+
 def test_relay_check_on_a_nats_config_loads_neither_nats_nor_trio(tmp_path):
     path = tmp_path / "relay.toml"
     path.write_text(config_text(store='engine = "nats"\nprefix = "x:"'))

@@ -122,3 +122,16 @@ def nats_url_problem(url: str) -> str | None:
         if port == 0:
             return f"{redacted(one)!r}: port 0"
     return None
+
+
+def ca_problem(path: str) -> str | None:
+    """Why ``path`` is not a PEM file of CA certificates, or None."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        return f"{path!r}: file not found"
+    except ssl.SSLError as exc:  # an OSError too: first
+        return f"{path!r}: not a PEM file of certificates ({exc.reason or exc})"
+    except OSError as exc:
+        return f"{path!r}: {exc.strerror}"
+    return None

@@ -275,6 +275,11 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
             store = parts["store"] = msgspec.structs.replace(store, url=files.NATS_URL)
         if (why := files.nats_url_problem(store.url)) is not None:
             problems.append(("store.url", why))
+    if store.tls_ca is not None:
+        if store.engine != "nats":
+            problems.append(("store.tls_ca", 'only the nats engine takes it (redis: a rediss:// URL)'))
+        elif (why := files.ca_problem(store.tls_ca)) is not None:
+            problems.append(("store.tls_ca", why))
     if server.tls is not None:
         problems.extend(files.tls_problems(server.tls.cert, server.tls.key))
 

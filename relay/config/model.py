@@ -51,6 +51,7 @@ class StoreConfig(_Section):
     prefix: str = "relay:"
     retention: PositiveInt = 100_000
     retention_age: PositiveFloat = 86_400.0
+    tls_ca: str | None = None  # nats: a PEM file of the CA that signed the server's certificate
 
 
 class DeliveryConfig(_Section):

@@ -125,7 +125,7 @@ class NatsStore(Store):
         # The process's one trio-asyncio loop: nats-py runs on it, and only
         # nats_bridge runs anything on it.
         async with trio_asyncio.open_loop() as loop:
-            bridge = Bridge(loop, self.config.url, self.stream, self.subject, _CALL_TIMEOUT)
+            bridge = Bridge(loop, self.config.url, self.stream, self.subject, _CALL_TIMEOUT, self.config.tls_ca)
             bridge.on_change = lambda: self._poke.set()
             self._bridge = bridge
             try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -181,9 +182,10 @@ class Bridge:
     run on the asyncio side; the others are what the engine calls."""
 
     def __init__(self, loop: trio_asyncio.TrioEventLoop, url: str, stream: str, subject: str,
-                 timeout: float) -> None:
+                 timeout: float, tls_ca: str | None = None) -> None:
         self.loop = loop
         self.url = url
+        self.tls_ca = tls_ca
         self.stream = stream
         self.subject = subject
         self.timeout = timeout
@@ -241,6 +243,7 @@ class Bridge:
             log.debug(f"store: NATS client: {exc!r}")
 
         nc = nats.NATS()
+        tls = {"tls": ssl.create_default_context(cafile=self.tls_ca)} if self.tls_ca else {}
         # A first connection is tried once per server (the engine's tail
         # tries again): with endless attempts nats-py's connect loops on,
         # and a cancel that lands in its asyncio.wait_for can be swallowed
@@ -249,7 +252,7 @@ class Bridge:
         await nc.connect(self.url, connect_timeout=connect_timeout, allow_reconnect=True, max_reconnect_attempts=1,
                          reconnect_time_wait=0.25, ping_interval=5, max_outstanding_pings=2,
                          disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
-                         name="relay")
+                         name="relay", **tls)
         nc.options["max_reconnect_attempts"] = -1
         self.nc = nc
         self.js = nc.jetstream(timeout=self.timeout)
