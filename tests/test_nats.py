@@ -72,6 +72,21 @@ async def test_reads_select_channels_and_prefix_patterns(shared_nats, nats_prefi
         assert await read("*", limit=2) == channels[:2]
 
 
+async def test_short_and_long_reads_give_the_same_events(shared_nats, nats_prefix):
+    # A resume of up to 16 messages asks for each by its sequence; a longer
+    # one reads through a consumer of its own.
+    async with opened(shared_nats, nats_prefix) as store:
+        ids = [a.event.id for a in await store.append([draft("a" if n % 3 == 0 else "b", n=n) for n in range(60)])]
+        wanted = [i for n, i in enumerate(ids) if n % 3 == 0]
+        for after in (0, 30, 45, 50, 59, 60):
+            page = await store.read_page(after, ["a"], 100)
+            assert [e.id for e in page.events] == [i for i in wanted if int(i) > after], after
+            assert page.head == 60 and page.pruned == 0 and not page.more
+        page = await store.read_page(48, ["*"], 5)
+        assert [e.id for e in page.events] == ids[48:53] and page.more
+        assert json.loads(page.events[0].envelope)["data"] == {"n": 48}
+
+
 async def test_webhooks_waiting_together_share_a_crossing_and_publish_in_log_order(shared_nats, nats_prefix):
     published: list = []
     async with opened(shared_nats, nats_prefix, published) as store:

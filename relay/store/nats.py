@@ -27,8 +27,8 @@ message count retention already dropped is forgotten by a restart.
 
 Reads: one tail task per relay follows the stream with a pull consumer of
 its own (no acks, in memory, removed by the server once idle) and is the
-only caller of ``publish``. Resumes read with a short-lived consumer from the
-id on. When NATS goes away, appends fail with ``StoreUnavailable`` (503),
+only caller of ``publish``. Resumes read a few messages by their sequence,
+more with a short-lived consumer from the id on. When NATS goes away, appends fail with ``StoreUnavailable`` (503),
 ``ping`` is false, and the tail retries and carries on after the last id it
 delivered: nothing stored is skipped.
 
