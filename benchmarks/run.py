@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks.run --quick    # a short pass, about 2 minutes
     .venv/bin/python -m benchmarks.run --only fanout --subs 1000 --sizes 1024
     .venv/bin/python -m benchmarks.run --only sse,tls,redis
+    .venv/bin/python -m benchmarks.run --only redis,nats
 
 Each scenario starts a fresh server (the relay, then the baseline in
 ``baseline_aiohttp.py``) pinned to core 0, and the load (``load.c``, compiled
@@ -21,7 +22,10 @@ self-signed ECDSA P-256 certificate made for the run in the temporary
 directory; both servers serve https and wss, the load verifies the
 certificate) and, for the relay, with the redis store (a key prefix of its
 own per server start, deleted afterwards; Redis's CPU over the window is
-read from INFO and reported beside the relay's).
+read from INFO and reported beside the relay's) or the nats store (a
+nats-server -js of the run's own per relay start, its file store in the
+temporary directory; its CPU over the window read from /proc and reported
+beside the relay's, in the same columns as Redis's).
 
 ``--only outbound``: the relay as a webhook sender against the baseline's
 aiohttp sender, delivering to 10 endpoints on the compiled receiver
@@ -93,6 +97,49 @@ key = "{key}"
 """
 
 REDIS_URL = "redis://127.0.0.1:6379/0"  # --redis changes it
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
+class Nats:
+    """A nats-server with JetStream of this run's own (a free port, its file
+    store under ``tmp``), so its CPU can be read from /proc."""
+
+    def __init__(self, tmp: Path) -> None:
+        if not os.access(NATS_SERVER, os.X_OK):
+            raise RuntimeError("the nats store needs the nats-server binary")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.dir = Path(tempfile.mkdtemp(prefix="nats-", dir=tmp))
+        self.url = f"nats://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(self.dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                    if sock.recv(4) == b"INFO":
+                        break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"nats-server on port {port} did not start")
+            time.sleep(0.02)
+
+    def cpu(self) -> float:
+        utime, stime = proc_cpu(self.proc.pid)
+        return utime + stime
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- redis and TLS
@@ -340,6 +387,7 @@ class Server:
         self.tls = tls
         self.redis: Redis | None = None
         self.redis_prefix = ""
+        self.nats: Nats | None = None
         self.log = tmp / f"{kind}-{time.monotonic_ns()}.log"
         if kind == "relay":
             config = tmp / f"relay-{engine}.toml"
@@ -359,7 +407,10 @@ class Server:
                     except Exception:
                         self.redis.delete_prefix(self.redis_prefix)
                         raise
-            text = RELAY_CONFIG.format(level=log_level, engine=engine, path=db, redis_url=REDIS_URL,
+            if engine == "nats":
+                self.nats = Nats(tmp)
+            text = RELAY_CONFIG.format(level=log_level, engine=engine, path=db,
+                                       redis_url=self.nats.url if self.nats else REDIS_URL,
                                        redis_prefix=self.redis_prefix or "relay:")
             if tls:
                 text = text.replace("\n[log]", RELAY_TLS.format(cert=tls.cert, key=tls.key) + "\n[log]", 1)
@@ -386,7 +437,14 @@ class Server:
         self.rss_start = proc_status(self.proc.pid, "VmRSS")
 
     def redis_cpu(self) -> float:
+        """The store engine's CPU seconds (Redis's or nats-server's; 0 for the others)."""
+        if self.nats:
+            return self.nats.cpu()
         return self.redis.cpu() if self.redis else 0.0
+
+    @property
+    def engine(self) -> bool:
+        return self.redis is not None or self.nats is not None
 
     def _wait_port(self) -> int:
         deadline = time.monotonic() + 20
@@ -418,6 +476,9 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.err.close()
+        if self.nats:
+            self.nats.close()
+            self.nats = None
         if self.redis:
             try:
                 self.redis.delete_prefix(self.redis_prefix)
@@ -548,7 +609,7 @@ def fanout(load: Path, tmp: Path, kind: str, *, subs: int, size: int, rate: floa
             "frames_s": frames / span,
             "us_frame": cpu / frames * 1e6 if frames else None,
             "us_frame_all": (cpu + rcpu) / frames * 1e6 if frames else None,
-            "redis_cpu": rcpu / wall if server.redis else None,
+            "redis_cpu": rcpu / wall if server.engine else None,
             "srv_cpu": cpu / wall,
             "srv_sys": (s1 - s0) / cpu if cpu else None,
             "other": max(0.0, other / wall),
@@ -611,7 +672,7 @@ def ingest(load: Path, tmp: Path, kind: str, *, engine: str, newconn: bool, seco
             "hooks_s": pub["acked"] / pub["elapsed_s"],
             "us_hook": cpu / pub["acked"] * 1e6 if pub["acked"] else None,
             "us_hook_all": (cpu + rcpu) / pub["acked"] * 1e6 if pub["acked"] else None,
-            "redis_cpu": rcpu / wall if server.redis else None,
+            "redis_cpu": rcpu / wall if server.engine else None,
             "srv_cpu": cpu / wall,
             "srv_sys": (s1 - s0) / cpu if cpu else None,
             "other": max(0.0, other / wall),
@@ -1041,6 +1102,22 @@ def plan(args: argparse.Namespace, load: Path, tmp: Path, recv: Path | None = No
             f"{endpoints} more endpoints x {events:,} webhooks = {endpoints * events:,} pending",
             lambda kind: outbound_backlog(load, recv, tmp, kind, endpoints=endpoints, events=events, seconds=secs),
             OB_BACKLOG_COLS, ["b_pending", "p99_before", "p99_with", "us_with"]))
+    if "nats" in only:
+        # The relay on the nats store, the same scenarios as redis's.
+        secs = 1.5 if quick else 3.0
+        out.append(Scenario(
+            "nats store: ingest alone, 1 KiB JSON, 16 keep-alive connections, no subscribers (ratios against "
+            "the baseline's in-memory list; nats-server's own CPU beside the relay's)", "keep-alive, relay store nats",
+            lambda kind: ingest(load, tmp, kind, engine="nats" if kind == "relay" else "memory", newconn=False,
+                                seconds=secs, count=200_000),
+            INGEST_COLS + ["redis_cpu", "us_hook_all"], ["hooks_s", "us_hook", "p99", "us_hook_all"]))
+        if wanted(1000):
+            out.append(Scenario(
+                "nats store: fan-out, saturating (4 publisher connections; ratios against the baseline's "
+                "in-memory list)", "1000 subs x 1 KiB, relay store nats",
+                lambda kind: fanout(load, tmp, kind, subs=1000, size=1024, rate=0, seconds=sat_s, count=5_000,
+                                    engine="nats"),
+                FANOUT_COLS + ["redis_cpu", "us_frame_all"], ["frames_s", "us_frame", "p99", "peak_mb", "us_frame_all"]))
     if "connect" in only:
         n = 10000
         out.append(Scenario(
@@ -1064,7 +1141,8 @@ HEAD = {
     "p999": "p99.9 ms", "max": "max ms", "peak_mb": "peak MB", "hooks_s": "webhooks/s", "us_hook": "srv us/hook",
     "connect_s": "connect s", "connect_rate": "conn/s", "handshake_p99": "handshake p99 ms",
     "conn_kb": "KB/conn", "behind": "behind", "other": "other on core 0", "other1": "other on core 1", "stalled": "the stalled one got",
-    "redis_cpu": "redis CPU", "us_frame_all": "srv+redis us/frame", "us_hook_all": "srv+redis us/hook", "tls": "TLS",
+    "redis_cpu": "engine CPU", "us_frame_all": "srv+engine us/frame", "us_hook_all": "srv+engine us/hook",
+    "tls": "TLS",
     "deliveries": "deliveries", "dl_s": "deliveries/s", "us_dl": "srv us/delivery", "dl_cpu": "deliveries per CPU-s",
     "recv_cpu": "receiver CPU", "repeats": "repeats", "late": "late (>10 ms)", "missing": "missing",
     "pending": "pending", "admin_pending": "pending (relay's API)", "build_s": "built in s",
@@ -1075,7 +1153,7 @@ HEAD = {
     **PUBLISH_HEAD,
 }
 
-GROUPS = ("fanout", "latency", "stall", "ingest", "connect", "sse", "tls", "redis", "outbound", "publish")
+GROUPS = ("fanout", "latency", "stall", "ingest", "connect", "sse", "tls", "redis", "nats", "outbound", "publish")
 
 
 def fmt(key: str, v: Any) -> str:

@@ -1,8 +1,12 @@
-"""Cluster mode: relays sharing one log in Redis (contract section 8).
+"""Cluster mode: relays sharing one log in Redis or NATS JetStream (contract
+section 8).
 
-Against a real Redis: the shared one on 127.0.0.1:6379 for most tests, each
-under its own random key prefix (removed afterwards) so tests can run side by
-side; and a private redis-server on a free port for the tests that stop it.
+The Redis engine in this process first; then relays as a user runs them, on
+each cluster engine (``cluster``: the nats engine's own tests are in
+test_nats.py). Against real servers: the shared Redis on 127.0.0.1:6379 and
+NATS on 127.0.0.1:4222 for most tests, each under its own random prefix
+(removed afterwards) so tests can run side by side; and a private
+redis-server or nats-server on a free port for the tests that stop it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
+import natsserver
 from conftest import Daemon, config_text, draft, running_store, until
 from relay.config.model import StoreConfig
 from relay.core.errors import StoreUnavailable
@@ -40,13 +45,17 @@ def answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-@pytest.fixture
-def shared_redis() -> str:
+def need_shared_redis() -> str:
     if not answers(*SHARED):
         if REDIS_SERVER is None:
             pytest.skip("no Redis answers on 127.0.0.1:6379 and there is no redis-server binary to start one")
         pytest.fail("Redis is not answering on 127.0.0.1:6379 (redis-server exists: start it, or run .ci/run)")
     return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def shared_redis() -> str:
+    return need_shared_redis()
 
 
 async def delete_keys(url: str, prefix: str) -> None:
@@ -133,9 +142,61 @@ def relays(tmp_path):
             out.append(d.start())
         return out
 
+    make.started = started  # type: ignore[attr-defined]
     yield make
     for d in started:
         d.kill()
+
+
+class Cluster:
+    """One cluster engine for the relay-level tests: the config of a shared
+    log under a prefix of the test's own, how its ids sort, and a private
+    server (``own``) for the tests that stop it."""
+
+    def __init__(self, engine: str, workdir: Path) -> None:
+        self.engine = engine
+        self.workdir = workdir
+        self.name = "Redis" if engine == "redis" else "NATS"
+        if engine == "redis":
+            self.url = need_shared_redis()
+            self.prefix = f"relaytest:{secrets.token_hex(6)}:"
+        else:
+            self.url = natsserver.need_shared_nats()
+            self.prefix = f"relaytest_{secrets.token_hex(6)}:"
+        self._own: RedisServer | natsserver.NatsServer | None = None
+
+    @property
+    def store(self) -> str:
+        return self.store_at(self.url, self.prefix)
+
+    def store_at(self, url: str, prefix: str) -> str:
+        return redis_store(url, prefix) if self.engine == "redis" else natsserver.nats_store(url, prefix)
+
+    def key(self, event_id: str):  # type: ignore[no-untyped-def]
+        return key(event_id) if self.engine == "redis" else int(event_id)
+
+    @property
+    def own(self):  # type: ignore[no-untyped-def]
+        if self._own is None:
+            self._own = RedisServer(self.workdir) if self.engine == "redis" else natsserver.NatsServer(self.workdir)
+        return self._own
+
+    async def clean(self) -> None:
+        if self._own is not None:
+            self._own.kill()
+        if self.engine == "redis":
+            await delete_keys(self.url, self.prefix)
+        else:
+            await natsserver.delete_stream(self.url, self.prefix)
+
+
+@pytest.fixture(params=["redis", "nats"])
+async def cluster(request, tmp_path, relays):
+    engine = Cluster(request.param, tmp_path)
+    yield engine
+    for d in relays.started:  # first: a running relay would make its stream again
+        d.kill()
+    await engine.clean()
 
 
 @pytest.fixture
@@ -333,9 +394,8 @@ async def post(http, relay, n, route="demo", **headers):
     return r.json()["id"]
 
 
-async def test_three_relays_deliver_every_webhook_to_every_subscriber_in_one_order(relays, http, shared_redis,
-                                                                                 prefix):
-    trio_relays = relays(3, redis_store(shared_redis, prefix))
+async def test_three_relays_deliver_every_webhook_to_every_subscriber_in_one_order(relays, http, cluster):
+    trio_relays = relays(3, cluster.store)
     acked: list[str] = []
 
     async def send(n):
@@ -349,15 +409,14 @@ async def test_three_relays_deliver_every_webhook_to_every_subscriber_in_one_ord
         sequences = [await lis.until(90) for lis in listeners]
         nursery.cancel_scope.cancel()
     assert sequences[0] == sequences[1] == sequences[2]
-    assert sorted(sequences[0], key=key) == sequences[0]
+    assert sorted(sequences[0], key=cluster.key) == sequences[0]
     assert set(sequences[0]) == set(acked) and len(acked) == 90
     bodies = [[e["data"]["n"] for e in lis.events] for lis in listeners]
     assert bodies[0] == bodies[1] == bodies[2] and sorted(bodies[0]) == list(range(90))
 
 
-async def test_a_subscriber_resumes_on_another_relay_with_nothing_missed_or_repeated(relays, http,
-                                                                                    shared_redis, prefix):
-    a, b = relays(2, redis_store(shared_redis, prefix))
+async def test_a_subscriber_resumes_on_another_relay_with_nothing_missed_or_repeated(relays, http, cluster):
+    a, b = relays(2, cluster.store)
     first = [await post(http, a if n % 2 else b, n) for n in range(5)]
     async with trio.open_nursery() as nursery:
         left = await nursery.start(Listener().run, f"{a.ws_base}/ws?channel=demo&since=")
@@ -382,8 +441,8 @@ dedupe_header = "X-Request-Id"
 """
 
 
-async def test_a_sender_retrying_against_another_relay_gets_duplicate(relays, http, shared_redis, prefix):
-    a, b, c = relays(3, redis_store(shared_redis, prefix), DEDUPED)
+async def test_a_sender_retrying_against_another_relay_gets_duplicate(relays, http, cluster):
+    a, b, c = relays(3, cluster.store, DEDUPED)
     headers = {"X-Request-Id": f"req-{secrets.token_hex(4)}"}
     async with trio.open_nursery() as nursery:
         listener = await nursery.start(Listener().run, f"{c.ws_base}/ws?channel=orders")
@@ -399,9 +458,10 @@ async def test_a_sender_retrying_against_another_relay_gets_duplicate(relays, ht
         nursery.cancel_scope.cancel()
 
 
-async def test_a_redis_restart_mid_stream_loses_nothing_acknowledged(relays, http, own_redis):
+async def test_a_restart_of_the_engine_mid_stream_loses_nothing_acknowledged(relays, http, cluster):
+    own_redis = cluster.own  # kill -9, then started again on its files
     own_redis.start()
-    a, b = relays(2, redis_store(own_redis.url, "restart:"))
+    a, b = relays(2, cluster.store_at(own_redis.url, "restart:"))
     acked: list[str] = []
     refused: list[int] = []
     stop = trio.Event()
@@ -443,16 +503,18 @@ async def test_a_redis_restart_mid_stream_loses_nothing_acknowledged(relays, htt
         nursery.cancel_scope.cancel()
     # The same connections saw everything, once, in the log's order.
     assert on_a.ids == on_b.ids
-    assert sorted(on_a.ids, key=key) == on_a.ids and len(set(on_a.ids)) == len(on_a.ids)
+    assert sorted(on_a.ids, key=cluster.key) == on_a.ids and len(set(on_a.ids)) == len(on_a.ids)
     assert refused
     for relay in (a, b):
         relay.signal(signal.SIGTERM)
         assert relay.wait() == 0
 
 
-async def test_a_relay_started_while_redis_is_down_says_so_and_is_ready_once_it_answers(relays, http, own_redis):
-    (relay,) = relays(1, redis_store(own_redis.url, "late:"))
-    assert b"cannot reach Redis" in relay.stderr and b"not ready" in relay.stderr
+async def test_a_relay_started_while_the_engine_is_down_says_so_and_is_ready_once_it_answers(relays, http,
+                                                                                           cluster):
+    own_redis = cluster.own
+    (relay,) = relays(1, cluster.store_at(own_redis.url, "late:"))
+    assert f"cannot reach {cluster.name}".encode() in relay.stderr and b"not ready" in relay.stderr
     assert (await http.get(f"{relay.base}/readyz")).status_code == 503
     r = await http.post(f"{relay.base}/hooks/demo", json={"n": 0})
     assert r.status_code == 503 and "Retry-After" in r.headers
@@ -464,7 +526,7 @@ async def test_a_relay_started_while_redis_is_down_says_so_and_is_ready_once_it_
         assert await listener.until(1) == [event_id]
         nursery.cancel_scope.cancel()
     own_redis.kill()
-    # Stopping does not wait for Redis.
+    # Stopping does not wait for the engine.
     relay.signal(signal.SIGTERM)
     assert relay.wait(timeout=10) == 0
 

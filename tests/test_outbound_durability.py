@@ -1,11 +1,11 @@
 """Outbound webhooks across kill -9 and across relays: every acknowledged
 event reaches the endpoint at least once, and a repeat only carries the id
-of a delivery that was in flight at the crash; on Redis each endpoint is
-served by one relay at a time, and another takes over when it dies."""
+of a delivery that was in flight at the crash; on Redis and on NATS each
+endpoint is served by one relay at a time, and another takes over when it
+dies."""
 
 from __future__ import annotations
 
-import secrets
 import signal
 
 import httpx
@@ -14,7 +14,7 @@ import trio
 from conftest import config_text, until
 from receiver import Receiver, Reply
 from relay.core import whsec
-from test_cluster import delete_keys, redis_store, relays, shared_redis  # noqa: F401 (fixtures)
+from test_cluster import cluster, relays  # noqa: F401 (fixtures)
 
 SECRET = whsec.make(bytes(range(32)))
 
@@ -69,34 +69,30 @@ async def test_kill_9_mid_delivery_loses_nothing_and_repeats_only_what_was_in_fl
     assert len(repeated) <= 4 * 10
 
 
-async def test_on_redis_one_relay_at_a_time_delivers_and_another_takes_over(relays, shared_redis, tmp_path):
-    prefix = f"relaytest:{secrets.token_hex(6)}:"
-    try:
-        async with trio.open_nursery() as nursery:
-            receiver = await nursery.start(Receiver().serve)
-            a, b = relays(2, redis_store(shared_redis, prefix), outbound(receiver.url))
-            async with httpx.AsyncClient(timeout=10) as http:
-                first = []
-                for n in range(40):
-                    r = await http.post(f"{(a, b)[n % 2].base}/hooks/demo", json={"n": n})
-                    first.append(r.json()["id"])
-                await receiver.until(40)
-                await trio.sleep(1.0)
-                # Taken by both relays' tails, delivered by one: no event twice.
-                assert sorted(receiver.ids()) == sorted(first)
-                serving = [await _serving(http, r) for r in (a, b)]
-                assert serving.count(True) == 1, serving
-                dead, alive = (a, b) if serving[0] else (b, a)
-                dead.signal(signal.SIGKILL)
-                dead.wait()
-                later = []
-                for n in range(10):
-                    r = await http.post(f"{alive.base}/hooks/demo", json={"n": 100 + n})
-                    later.append(r.json()["id"])
-                await until(lambda: set(later) <= set(receiver.ids()), 30)
-            nursery.cancel_scope.cancel()
-    finally:
-        await delete_keys(shared_redis, prefix)
+async def test_on_a_cluster_one_relay_at_a_time_delivers_and_another_takes_over(relays, cluster, tmp_path):
+    async with trio.open_nursery() as nursery:
+        receiver = await nursery.start(Receiver().serve)
+        a, b = relays(2, cluster.store, outbound(receiver.url))
+        async with httpx.AsyncClient(timeout=10) as http:
+            first = []
+            for n in range(40):
+                r = await http.post(f"{(a, b)[n % 2].base}/hooks/demo", json={"n": n})
+                first.append(r.json()["id"])
+            await receiver.until(40)
+            await trio.sleep(1.0)
+            # Taken by both relays' tails, delivered by one: no event twice.
+            assert sorted(receiver.ids()) == sorted(first)
+            serving = [await _serving(http, r) for r in (a, b)]
+            assert serving.count(True) == 1, serving
+            dead, alive = (a, b) if serving[0] else (b, a)
+            dead.signal(signal.SIGKILL)
+            dead.wait()
+            later = []
+            for n in range(10):
+                r = await http.post(f"{alive.base}/hooks/demo", json={"n": 100 + n})
+                later.append(r.json()["id"])
+            await until(lambda: set(later) <= set(receiver.ids()), 30)
+        nursery.cancel_scope.cancel()
     assert set(receiver.ids()) == set(first) | set(later)
 
 

@@ -1,7 +1,7 @@
 """What the config names outside itself: the TLS files, the JWT public key,
-the Redis URL. Each check says what is wrong in the words of a config
+the Redis and NATS URLs. Each check says what is wrong in the words of a config
 problem, without starting anything: the TLS context built here is the one
-the server uses, and the Redis URL is read without loading the engine.
+the server uses, and the store URLs are read without loading the engine.
 """
 
 from __future__ import annotations
@@ -100,4 +100,38 @@ def url_problem(url: str) -> str | None:
     db = parts.path.strip("/")
     if db and not db.isdigit():
         return f"{redacted(url)!r}: the path names the database, a number (got {db!r})"
+    return None
+
+
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+def nats_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a NATS URL the nats engine can use, or None. Several
+    servers of one NATS cluster may be given, comma-separated."""
+    for one in url.split(","):
+        try:
+            parts = urlsplit(one.strip())
+            port = parts.port
+        except ValueError as exc:
+            return f"{redacted(one)!r}: {exc}"
+        if parts.scheme not in ("nats", "tls", "ws", "wss"):
+            return f"{redacted(one)!r}: expected nats://[USER:PASSWORD@]HOST:PORT or tls://…"
+        if not parts.hostname:
+            return f"{redacted(one)!r}: no host"
+        if port == 0:
+            return f"{redacted(one)!r}: port 0"
+    return None
+
+
+def ca_problem(path: str) -> str | None:
+    """Why ``path`` is not a PEM file of CA certificates, or None."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        return f"{path!r}: file not found"
+    except ssl.SSLError as exc:  # an OSError too: first
+        return f"{path!r}: not a PEM file of certificates ({exc.reason or exc})"
+    except OSError as exc:
+        return f"{path!r}: {exc.strerror}"
     return None

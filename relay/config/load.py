@@ -292,6 +292,17 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
     store: StoreConfig = parts.get("store", StoreConfig())  # type: ignore[assignment]
     if store.engine == "redis" and (why := files.url_problem(store.url)) is not None:
         problems.append(("store.url", why))
+    if store.engine == "nats":
+        raw_store = raw.get("store")
+        if not (isinstance(raw_store, dict) and "url" in raw_store):
+            store = parts["store"] = msgspec.structs.replace(store, url=files.NATS_URL)
+        if (why := files.nats_url_problem(store.url)) is not None:
+            problems.append(("store.url", why))
+    if store.tls_ca is not None:
+        if store.engine != "nats":
+            problems.append(("store.tls_ca", 'only the nats engine takes it (redis: a rediss:// URL)'))
+        elif (why := files.ca_problem(store.tls_ca)) is not None:
+            problems.append(("store.tls_ca", why))
     if server.tls is not None:
         problems.extend(files.tls_problems(server.tls.cert, server.tls.key))
 

@@ -45,12 +45,13 @@ class LogConfig(_Section):
 
 
 class StoreConfig(_Section):
-    engine: Literal["sqlite", "memory", "redis"] = "sqlite"
+    engine: Literal["sqlite", "memory", "redis", "nats"] = "sqlite"
     path: str = "var/relay.db"
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = "redis://127.0.0.1:6379/0"  # nats: nats://127.0.0.1:4222 unless given
     prefix: str = "relay:"
     retention: PositiveInt = 100_000
     retention_age: PositiveFloat = 86_400.0
+    tls_ca: str | None = None  # nats: a PEM file of the CA that signed the server's certificate
 
 
 class DeliveryConfig(_Section):

@@ -53,7 +53,7 @@ class App:
         self.hub = Hub()
         self.store = open_store(config.store, self._published)
         self.outbound = Outbound(_settings(config), _configured(config), self.store, self.store.deliveries,
-                                 WallClock().now, cluster=config.store.engine == "redis")
+                                 WallClock().now, cluster=config.store.engine in ("redis", "nats"))
         routes = build_routes(config.routes, config.secrets)
         jwt_verifier = None
         if config.jwt_key is not None:

@@ -17,8 +17,9 @@ from .base import Store
 
 def open_store(config: StoreConfig, publish: Callable[[list], None]) -> Store:
     """The configured engine. Each is imported here, when chosen, rather than
-    at the top: the redis engine loads coredis and anyio, the sqlite engine
-    sqlite3 and a thread, and a relay needs only the one it runs."""
+    at the top: the redis engine loads coredis and anyio, the nats engine
+    nats-py, asyncio and trio-asyncio, the sqlite engine sqlite3 and a
+    thread, and a relay needs only the one it runs."""
     if config.engine == "memory":
         from .memory import MemoryStore
 
@@ -31,6 +32,11 @@ def open_store(config: StoreConfig, publish: Callable[[list], None]) -> Store:
         from .redis import RedisStore
 
         return RedisStore(config, publish)
+    if config.engine == "nats":
+        # nats-py, asyncio and trio-asyncio load only here.
+        from .nats import NatsStore
+
+        return NatsStore(config, publish)
     raise NotImplementedError(f"store.engine = {config.engine!r} is not available yet")
 
 
