@@ -194,6 +194,8 @@ def scenario(tmp: Path, kind: str, *, engine: str = "memory", rate: float = 1000
         values["peak_mb"] = server.peak() / 2**20
         return Result(ok, why, values)
     except Exception as exc:  # a failed run is a row that says why, not a dead suite
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
         return Result(False, f"{type(exc).__name__}: {exc}", {})
     finally:
         server.stop()
