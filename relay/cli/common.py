@@ -43,3 +43,16 @@ def subscriber_args(p: argparse.ArgumentParser) -> None:
 
 def token_of(args: argparse.Namespace) -> str | None:
     return args.token or os.environ.get("RELAY_TOKEN") or None
+
+
+def read_input(path: str, command: str) -> bytes | None:
+    """The bytes of FILE, or of stdin for ``-``; None (said on stderr) when
+    it cannot be read."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        print(f"relay {command}: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return None

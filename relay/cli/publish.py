@@ -5,9 +5,8 @@ is stored, 1 when it is refused."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .common import token_of
+from .common import read_input, token_of
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -27,13 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from ..client.client import run as run_tool
     from ..client.publish import publish
 
-    try:
-        if args.file == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(args.file, "rb") as f:
-                data = f.read()
-    except OSError as exc:
-        print(f"relay publish: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+    data = read_input(args.file, "publish")
+    if data is None:
         return 2
     return run_tool(lambda: publish(args.url, args.channel, data, token_of(args), args.key))

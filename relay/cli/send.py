@@ -9,6 +9,7 @@ import sys
 import time
 
 from ..core.verify import SCHEMES
+from .common import read_input
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -45,14 +46,8 @@ def run(args: argparse.Namespace) -> int:
         if not secret:
             print(f"relay send: environment variable {args.secret_env} is not set", file=sys.stderr)
             return 2
-    try:
-        if args.file == "-":
-            body = sys.stdin.buffer.read()
-        else:
-            with open(args.file, "rb") as f:
-                body = f.read()
-    except OSError as exc:
-        print(f"relay send: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+    body = read_input(args.file, "send")
+    if body is None:
         return 2
     try:
         headers = signed_headers(args.preset, secret, body, time.time(), event=args.event, delivery=args.delivery,
