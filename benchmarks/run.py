@@ -298,7 +298,36 @@ def spread_endpoints(ports: list[int]) -> list[tuple[str, str, list[str]]]:
     return [(f"e{i}", f"http://127.0.0.1:{ports[i]}/hook", ["bench", f"bench{i}"]) for i in range(SPREAD)]
 
 
-class Receiver:
+class LineProcess:
+    """A compiled helper on core 1 that takes a command per line on stdin and
+    answers each with one JSON line on stdout."""
+
+    def __init__(self, cmd: list[str], name: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=pin(LOAD_CORE))
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.proc.stdout, selectors.EVENT_READ)
+
+    def line(self, timeout: float) -> dict[str, Any]:
+        if not self.sel.select(timeout):
+            raise TimeoutError(f"the {self.name} did not answer in time")
+        text = self.proc.stdout.readline()
+        if not text:
+            raise RuntimeError(f"the {self.name} exited")
+        return json.loads(text)
+
+    def tell(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class Receiver(LineProcess):
     """The compiled webhook receiver (``receiver.c``) on core 1 with the load."""
 
     def __init__(self, path: Path, ports: int, blackhole: int = -1, status: dict[int, int] | None = None,
@@ -306,32 +335,12 @@ class Receiver:
         cmd = [str(path), "--ports", str(ports), "--blackhole", str(blackhole), "--retry-after", str(retry_after)]
         for i, code in (status or {}).items():
             cmd += ["--status", f"{i}={code}"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     preexec_fn=pin(LOAD_CORE))
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.proc.stdout, selectors.EVENT_READ)
+        super().__init__(cmd, "receiver")
         self.ports: list[int] = self.line(10)["ports"]
-
-    def line(self, timeout: float) -> dict[str, Any]:
-        if not self.sel.select(timeout):
-            raise TimeoutError("the receiver did not answer in time")
-        text = self.proc.stdout.readline()
-        if not text:
-            raise RuntimeError("the receiver exited")
-        return json.loads(text)
-
-    def tell(self, command: str) -> None:
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
 
     def wait(self, kind: str, total: int, seconds: float, ports: list[int] | None = None) -> dict[str, Any]:
         self.tell(f"wait {kind} {total} {seconds} {','.join(map(str, ports)) if ports is not None else 'all'}")
         return self.line(seconds + 15)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 # ---------------------------------------------------------------- processes
@@ -490,7 +499,7 @@ class Server:
         return self.log.read_text()[-1500:]
 
 
-class Subscribers:
+class Subscribers(LineProcess):
     """The compiled subscriber client on core 1: N websockets, counted frames."""
 
     def __init__(self, load: Path, port: int, n: int, stall: int = 0, inflight: int = 500, sse: bool = False,
@@ -499,27 +508,7 @@ class Subscribers:
                "--inflight", str(inflight), "--connect-timeout", "60", "--record", "1" if record else "0"]
         if tls:
             cmd += ["--tls", "1", "--cafile", str(tls.ca)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     preexec_fn=pin(LOAD_CORE))
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.proc.stdout, selectors.EVENT_READ)
-
-    def line(self, timeout: float) -> dict[str, Any]:
-        if not self.sel.select(timeout):
-            raise TimeoutError("the subscriber client did not answer in time")
-        text = self.proc.stdout.readline()
-        if not text:
-            raise RuntimeError("the subscriber client exited")
-        return json.loads(text)
-
-    def tell(self, command: str) -> None:
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        super().__init__(cmd, "subscriber client")
 
 
 def publish(load: Path, port: int, *, count: int, seconds: float, rate: float = 0, conns: int = 4,
